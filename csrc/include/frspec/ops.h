@@ -1,0 +1,25 @@
+// Host-side entry points of every kernel family: plain pointers, sizes and a stream.
+// This header is the contract between the kernels (compiled by nvcc alone) and any
+// front end: the torch binding (csrc/torch_ops.cpp) and the bench executables.
+// Launchers check only what a kernel needs to run safely; user-facing validation
+// (dtypes, devices, shapes) lives in the binding.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace frspec {
+
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
+
+// Merge two partial attention results over disjoint key sets into the result over
+// their union. out_*: [rows, head_dim] in `dtype` (rows = tokens * heads), lse_*:
+// [rows] fp32 natural-log sum-exp of the scaled scores. A side with lse = -inf is
+// empty and contributes nothing (its out is never read into the result); both empty
+// gives out = 0, lse = -inf. Any row-major layout with contiguous rows works.
+cudaError_t merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
+                                   const float* lse_b, void* out, float* lse, int64_t rows,
+                                   int64_t head_dim, DType dtype, cudaStream_t stream);
+
+}  // namespace frspec

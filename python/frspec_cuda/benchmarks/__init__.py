@@ -1,0 +1,9 @@
+"""Python benchmarks, one module per op family; `frspec bench` runs them.
+
+Each module exposes `run(device, quick) -> list[dict]`, rows that name the
+implementation, its time and its ratio to the ceiling measured in the same run.
+"""
+
+from . import merge_states
+
+SUITES = {"merge_states": merge_states.run}

@@ -1,0 +1,50 @@
+"""Timing and hardware ceilings shared by the Python benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def time_us(fn: Callable[[int], object], device: torch.device, warmup: int = 10, reps: int = 100) -> float:
+    """Median wall time of `fn(i)` in microseconds; `i` lets `fn` rotate input sets so
+    repeated runs do not measure the cache. CUDA work is timed with events."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for i in range(reps):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(i)
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) * 1e3)
+    else:
+        for i in range(reps):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int | None = None) -> float:
+    """Copy bandwidth in GB/s counting bytes read plus written (a large clone)."""
+    if nbytes is None:
+        nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    us = time_us(lambda i: dst.copy_(src), device, warmup=3, reps=20)
+    return 2 * nbytes / (us * 1e3)
+
+
+def n_sets(bytes_per_set: int, device: torch.device) -> int:
+    """How many input sets to rotate through so the working set exceeds the L2 cache."""
+    if device.type != "cuda":
+        return 1
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(1, min(64, -(-4 * l2 // max(bytes_per_set, 1))))
