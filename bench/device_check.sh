@@ -34,7 +34,7 @@ note "pytest: $(tail -1 "$OUT/pytest.txt")"
 for exe in build/gpu/bench/*_bench; do
   [ -x "$exe" ] || continue
   name=$(basename "$exe")
-  compute-sanitizer --tool memcheck --error-exitcode 9 "$exe" 32 128 --quick >"$OUT/sanitizer_$name.txt" 2>&1
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$exe" --quick >"$OUT/sanitizer_$name.txt" 2>&1
   note "compute-sanitizer memcheck $name: rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/sanitizer_$name.txt")"
   "$exe" | tee "$OUT/$name.txt"
 done
@@ -43,5 +43,5 @@ python3 -m frspec_cuda bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt
 
 echo; echo "==================== summary ===================="
 for line in "${summary[@]}"; do echo "$line"; done
-cat "$OUT"/*_bench.txt 2>/dev/null | grep -vE "^(device)" | head -20
-grep -E "^(op|merge)" "$OUT/bench.txt"
+for f in "$OUT"/*_bench.txt; do echo "-- $(basename "$f" .txt)"; cat "$f"; done
+echo "-- frspec bench"; grep -vE "^#" "$OUT/bench.txt"

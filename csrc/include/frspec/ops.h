@@ -23,3 +23,20 @@ cudaError_t merge_attention_states(const void* out_a, const float* lse_a, const 
                                    int64_t head_dim, DType dtype, cudaStream_t stream);
 
 }  // namespace frspec
+
+namespace frspec {
+
+// FR-Spec draft head (see frspec/lm_head_topk.cuh). hidden [n, H], weight [K, H] (row i
+// is the LM-head row of token ids[i]), both `dtype`, rows 16-byte aligned (H % 8 == 0).
+// Writes token_ids [n, k] (int64, ids[draft index]) and logprobs [n, k] (fp32,
+// log-softmax over the K rows), sorted by logprob descending, ties by lower draft index.
+// Limits: 1 <= n <= 64, 1 <= k <= min(64, K), 8 <= H < 2^24, K < 2^31. Returns
+// cudaErrorInvalidValue outside them and cudaErrorMisalignedAddress for unaligned rows.
+// `workspace` must hold fr_lm_head_topk_workspace_bytes(n, K, k) bytes.
+size_t fr_lm_head_topk_workspace_bytes(int64_t n, int64_t K, int64_t k);
+cudaError_t fr_lm_head_topk(const void* hidden, const void* weight, const int32_t* ids,
+                            int64_t n, int64_t H, int64_t K, int64_t k, DType dtype,
+                            void* workspace, int64_t* token_ids, float* logprobs,
+                            cudaStream_t stream);
+
+}  // namespace frspec

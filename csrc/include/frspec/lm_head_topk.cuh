@@ -1,0 +1,239 @@
+// FR-Spec draft head: logits = hidden @ W^T over the K frequent tokens, log-softmax over
+// those K, top-k -- fused so the [K, H] weight is read once for all n hidden rows and no
+// logits reach device memory.
+//
+// Pass 1 (fr_lm_head_partial_kernel): block b owns weight rows [128 b, 128 b + 128).
+//   8 warps x 16 rows. Each warp streams its rows' weights straight from global memory
+//   into mma.sync A fragments with 16-byte loads (each weight element is used once, so
+//   there is nothing to stage), while the hidden rows (reused by every warp) sit in
+//   shared memory in fragment order. Because a dot product does not care in which order
+//   its terms are summed, thread t's 16-byte load of 8 consecutive h-columns is fed to
+//   the k-slots {2t%4, 2t%4+1, 2t%4+8, 2t%4+9} of two m16n8k16 MMAs, and the hidden
+//   fragment uses the same permutation. The block then writes, per hidden row, the
+//   sorted top min(k, 128) of its 128 logits and (max, sum exp(logit - max)).
+// Pass 2 (fr_lm_head_merge_kernel): one block per hidden row merges the partial top-k
+//   lists (warp bitonic merges) and the partial softmax statistics, and writes token ids
+//   (through `ids`) and log-probabilities.
+#pragma once
+
+#include <type_traits>
+
+#include "frspec/common.cuh"
+#include "frspec/warp_sort.cuh"
+
+namespace frspec {
+
+constexpr int kHeadRowsPerBlock = 128;  // 8 warps x 16 weight rows
+constexpr int kHeadThreads = 256;
+constexpr int kHeadMaxK = 64;
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Streaming 16-byte load: read once, keep it out of L1.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Two MMAs over 32 h-columns: a_lo/a_hi are rows g and g+8 of the warp's 16 weight rows,
+// b the hidden fragment, all holding the same 8 permuted columns per thread.
+template <typename T>
+__device__ __forceinline__ void mma_32cols(float (&c)[4], const uint4& a_lo, const uint4& a_hi,
+                                           const uint4& b) {
+  mma_16816<T>(c, a_lo.x, a_hi.x, a_lo.y, a_hi.y, b.x, b.y);
+  mma_16816<T>(c, a_lo.z, a_hi.z, a_lo.w, a_hi.w, b.z, b.w);
+}
+
+// NT: hidden rows padded to NT * 8 (n <= 8 NT). x_cols: hidden columns staged in shared
+// memory at a time (multiple of 32).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kHeadThreads, 2)
+    fr_lm_head_partial_kernel(const T* __restrict__ hidden, const T* __restrict__ weight, int n,
+                              int H, int K, int kc, int x_cols, uint64_t* __restrict__ part_keys,
+                              float2* __restrict__ part_stats) {
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tig = lane % 4;
+  const int row_lo = blockIdx.x * kHeadRowsPerBlock + warp * 16 + g;
+  const int row_hi = row_lo + 8;
+  const T* w_lo = weight + static_cast<int64_t>(min(row_lo, K - 1)) * H + tig * 8;
+  const T* w_hi = weight + static_cast<int64_t>(min(row_hi, K - 1)) * H + tig * 8;
+  const bool lo_ok = row_lo < K, hi_ok = row_hi < K;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+
+  for (int col0 = 0; col0 < H; col0 += x_cols) {
+    const int cols = min(x_cols, H - col0);
+    const int nsub = (cols + 31) / 32;
+    __syncthreads();  // the previous chunk's readers are done
+    // Stage hidden[:, col0:col0+cols] in fragment order: [sub][nt][lane] x 16 bytes.
+    for (int i = threadIdx.x; i < nsub * NT * 32; i += kHeadThreads) {
+      const int t = i % 32, nt = (i / 32) % NT, c = i / (32 * NT);
+      const int r = nt * 8 + t / 4, h = col0 + c * 32 + (t % 4) * 8;
+      smem[i] = (r < n && h < H) ? __ldg(reinterpret_cast<const uint4*>(hidden + static_cast<int64_t>(r) * H + h)) : zero;
+    }
+    __syncthreads();
+    int c = 0;
+    for (; c + 4 <= nsub && (c + 4) * 32 <= cols; c += 4) {
+      uint4 a_lo[4], a_hi[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        a_lo[u] = lo_ok ? load_stream(w_lo + col0 + (c + u) * 32) : zero;
+        a_hi[u] = hi_ok ? load_stream(w_hi + col0 + (c + u) * 32) : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          mma_32cols<T>(acc[nt], a_lo[u], a_hi[u], smem[((c + u) * NT + nt) * 32 + lane]);
+    }
+    for (; c < nsub; ++c) {  // tail: fewer than 4 sub-chunks, or a partial one (H % 32 != 0)
+      const bool in = c * 32 + tig * 8 < cols;
+      const uint4 a_lo = (lo_ok && in) ? load_stream(w_lo + col0 + c * 32) : zero;
+      const uint4 a_hi = (hi_ok && in) ? load_stream(w_hi + col0 + c * 32) : zero;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mma_32cols<T>(acc[nt], a_lo, a_hi, smem[(c * NT + nt) * 32 + lane]);
+    }
+  }
+
+  // Logits to shared memory as [hidden row][weight row of this block].
+  __syncthreads();
+  float* logits = reinterpret_cast<float*>(smem);
+  const int local = warp * 16 + g;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int j = nt * 8 + 2 * tig;
+    logits[j * kHeadRowsPerBlock + local] = acc[nt][0];
+    logits[(j + 1) * kHeadRowsPerBlock + local] = acc[nt][1];
+    logits[j * kHeadRowsPerBlock + local + 8] = acc[nt][2];
+    logits[(j + 1) * kHeadRowsPerBlock + local + 8] = acc[nt][3];
+  }
+  __syncthreads();
+
+  const int nblk = gridDim.x;
+  for (int j = warp; j < n; j += kHeadThreads / 32) {
+    uint64_t key[4];
+    float vmax = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int s = e * 32 + lane;
+      const int row = blockIdx.x * kHeadRowsPerBlock + s;
+      const float v = logits[j * kHeadRowsPerBlock + s];
+      key[e] = row < K ? topk_key(v, row) : kEmptyKey;
+      if (row < K) vmax = fmaxf(vmax, v);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, o));
+    float sum = 0.f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (key[e] != kEmptyKey) sum += __expf(key_value(key[e]) - vmax);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    warp_sort_desc<4>(key, lane);
+    uint64_t* out = part_keys + (static_cast<int64_t>(j) * nblk + blockIdx.x) * kc;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (e * 32 + lane < kc) out[e * 32 + lane] = key[e];
+    if (lane == 0) part_stats[static_cast<int64_t>(j) * nblk + blockIdx.x] = make_float2(vmax, sum);
+  }
+}
+
+// Combine (max, sum) softmax partials: sum is relative to max.
+__device__ __forceinline__ float2 combine_stats(float2 a, float2 b) {
+  const float m = fmaxf(a.x, b.x);
+  if (m == -INFINITY) return make_float2(m, 0.f);
+  return make_float2(m, a.y * __expf(a.x - m) + b.y * __expf(b.x - m));
+}
+
+// One block per hidden row; E: keys per lane of the running lists (32 E >= k).
+template <int E>
+__global__ void __launch_bounds__(1024)
+    fr_lm_head_merge_kernel(const uint64_t* __restrict__ part_keys,
+                            const float2* __restrict__ part_stats, int nblk, int kc, int k,
+                            const int32_t* __restrict__ ids, int64_t* __restrict__ out_ids,
+                            float* __restrict__ out_logprobs) {
+  constexpr int N = 32 * E;
+  __shared__ uint64_t lists[32][N];
+  __shared__ float2 warp_stats[32];
+  const int j = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int nwarps = blockDim.x / 32;
+
+  float2 st = make_float2(-INFINITY, 0.f);
+  for (int b = threadIdx.x; b < nblk; b += blockDim.x)
+    st = combine_stats(st, part_stats[static_cast<int64_t>(j) * nblk + b]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, st.x, o),
+                                     __shfl_xor_sync(0xffffffffu, st.y, o));
+    st = combine_stats(st, other);
+  }
+  if (lane == 0) warp_stats[warp] = st;
+
+  uint64_t best[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) best[e] = kEmptyKey;
+  const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
+  for (int b = warp; b < nblk; b += nwarps) {
+    uint64_t in[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int s = e * 32 + lane;
+      in[e] = s < kc ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
+    }
+    warp_merge_topk<E>(best, in, lane);
+  }
+  // Tree of merges across warps through shared memory.
+#pragma unroll
+  for (int e = 0; e < E; ++e) lists[warp][e * 32 + lane] = best[e];
+  for (int active = nwarps / 2; active >= 1; active /= 2) {
+    __syncthreads();
+    if (warp < active) {
+      uint64_t in[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) in[e] = lists[warp + active][e * 32 + lane];
+      warp_merge_topk<E>(best, in, lane);
+#pragma unroll
+      for (int e = 0; e < E; ++e) lists[warp][e * 32 + lane] = best[e];
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float2 total = make_float2(-INFINITY, 0.f);
+    for (int w = 0; w < nwarps; ++w) total = combine_stats(total, warp_stats[w]);
+    const float lse = total.x + logf(total.y);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int s = e * 32 + lane;
+      if (s < k) {
+        const bool real = best[e] != kEmptyKey;
+        out_logprobs[static_cast<int64_t>(j) * k + s] = real ? key_value(best[e]) - lse : -INFINITY;
+        out_ids[static_cast<int64_t>(j) * k + s] = real ? ids[key_index(best[e])] : -1;
+      }
+    }
+  }
+}
+
+}  // namespace frspec

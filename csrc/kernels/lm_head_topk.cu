@@ -1,0 +1,82 @@
+// Instantiations and launcher of the fused FR-Spec head (see frspec/lm_head_topk.cuh).
+#include <algorithm>
+
+#include "frspec/lm_head_topk.cuh"
+#include "frspec/ops.h"
+
+namespace frspec {
+namespace {
+
+constexpr int kXSmemBytes = 64 * 1024;  // staged hidden columns; 2 blocks per SM fit
+
+int64_t num_blocks(int64_t K) { return ceil_div(K, kHeadRowsPerBlock); }
+int64_t partial_k(int64_t k) { return std::min<int64_t>(k, kHeadRowsPerBlock); }
+
+template <typename T, int NT>
+cudaError_t launch_partial(const void* hidden, const void* weight, int64_t n, int64_t H,
+                           int64_t K, int64_t kc, uint64_t* keys, float2* stats,
+                           cudaStream_t stream) {
+  // Columns of the hidden rows staged per pass: as many as fit, a multiple of 128.
+  const int64_t fit = std::max<int64_t>(128, kXSmemBytes / (NT * 8 * 2) / 128 * 128);
+  const int x_cols = static_cast<int>(std::min<int64_t>(fit, ceil_div(H, 32) * 32));
+  const size_t x_bytes = static_cast<size_t>(ceil_div(x_cols, 32)) * NT * 32 * 16;
+  const size_t logit_bytes = static_cast<size_t>(NT) * 8 * kHeadRowsPerBlock * 4;
+  const size_t smem = std::max(x_bytes, logit_bytes);
+  auto kernel = fr_lm_head_partial_kernel<T, NT>;
+  FRSPEC_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned>(num_blocks(K)), kHeadThreads, smem, stream>>>(
+      static_cast<const T*>(hidden), static_cast<const T*>(weight), static_cast<int>(n),
+      static_cast<int>(H), static_cast<int>(K), static_cast<int>(kc), x_cols, keys, stats);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch_partial(const void* hidden, const void* weight, int64_t n, int64_t H,
+                             int64_t K, int64_t kc, uint64_t* keys, float2* stats,
+                             cudaStream_t stream) {
+  if (n <= 8) return launch_partial<T, 1>(hidden, weight, n, H, K, kc, keys, stats, stream);
+  if (n <= 16) return launch_partial<T, 2>(hidden, weight, n, H, K, kc, keys, stats, stream);
+  if (n <= 32) return launch_partial<T, 4>(hidden, weight, n, H, K, kc, keys, stats, stream);
+  return launch_partial<T, 8>(hidden, weight, n, H, K, kc, keys, stats, stream);
+}
+
+}  // namespace
+
+size_t fr_lm_head_topk_workspace_bytes(int64_t n, int64_t K, int64_t k) {
+  const int64_t parts = n * num_blocks(K);
+  return static_cast<size_t>(parts * partial_k(k)) * sizeof(uint64_t) +
+         static_cast<size_t>(parts) * sizeof(float2);
+}
+
+cudaError_t fr_lm_head_topk(const void* hidden, const void* weight, const int32_t* ids,
+                            int64_t n, int64_t H, int64_t K, int64_t k, DType dtype,
+                            void* workspace, int64_t* token_ids, float* logprobs,
+                            cudaStream_t stream) {
+  if (n < 1 || n > 64 || k < 1 || k > kHeadMaxK || k > K || H < 8 || H % 8 != 0 ||
+      K * H >= (int64_t(1) << 40) || K >= (int64_t(1) << 31) || H >= (1 << 24))
+    return cudaErrorInvalidValue;
+  if (!is_aligned(hidden, 16) || !is_aligned(weight, 16) || !is_aligned(workspace, 16))
+    return cudaErrorMisalignedAddress;
+  const int64_t nblk = num_blocks(K), kc = partial_k(k);
+  uint64_t* keys = static_cast<uint64_t*>(workspace);
+  float2* stats = reinterpret_cast<float2*>(keys + n * nblk * kc);
+  cudaError_t err = dtype == DType::kBFloat16
+                        ? dispatch_partial<__nv_bfloat16>(hidden, weight, n, H, K, kc, keys, stats, stream)
+                        : dispatch_partial<__half>(hidden, weight, n, H, K, kc, keys, stats, stream);
+  FRSPEC_RETURN_IF_ERROR(err);
+  // Merge: one block per hidden row, a power-of-two number of warps (tree of merges).
+  int warps = 1;
+  while (warps < 32 && warps < nblk) warps *= 2;
+  if (k <= 32)
+    fr_lm_head_merge_kernel<1><<<static_cast<unsigned>(n), warps * 32, 0, stream>>>(
+        keys, stats, static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
+        token_ids, logprobs);
+  else
+    fr_lm_head_merge_kernel<2><<<static_cast<unsigned>(n), warps * 32, 0, stream>>>(
+        keys, stats, static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
+        token_ids, logprobs);
+  return cudaGetLastError();
+}
+
+}  // namespace frspec
