@@ -6,42 +6,50 @@
 #   bench/device_check.sh --build    also time the documented pip install (CUDA mode) there
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Everything goes to $LOG; at the end it is packed into $OUT/details.tgz (the device tool
+# brings back at most 8 files), with bench.json and summary.txt beside it.
 OUT=${OUT:-/tmp/frspec_out}
+LOG=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1
 summary=()
 note() { summary+=("$1"); }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOG/gpu.txt"
 
 if [ "${1:-}" = "--build" ]; then
   start=$(date +%s)
   if FRSPEC_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps \
-      --target /tmp/frspec_inst . >"$OUT/pip_build.log" 2>&1; then
+      --target /tmp/frspec_inst . >"$LOG/pip_build.log" 2>&1; then
     note "pip install (CUDA mode) on device: $(( $(date +%s) - start )) s"
-    (cd /tmp && PYTHONPATH=/tmp/frspec_inst python3 -m frspec_cuda info) | tee "$OUT/info_pip.txt"
+    (cd /tmp && PYTHONPATH=/tmp/frspec_inst python3 -m frspec_cuda info) | tee "$LOG/info_pip.txt"
   else
-    note "pip install (CUDA mode) on device FAILED (see pip_build.log)"; tail -20 "$OUT/pip_build.log"
+    note "pip install (CUDA mode) on device FAILED (see pip_build.log)"; tail -20 "$LOG/pip_build.log"
   fi
 fi
 
-python3 -m frspec_cuda info | tee "$OUT/info.txt"
-grep -q "build mode  *cuda$" "$OUT/info.txt" && note "frspec info: CUDA mode, kernels: $(grep 'CUDA kernels' "$OUT/info.txt" | sed 's/CUDA kernels *//')" || note "frspec info: NOT in CUDA mode"
+python3 -m frspec_cuda info | tee "$LOG/info.txt"
+grep -q "build mode  *cuda$" "$LOG/info.txt" && note "frspec info: CUDA mode, kernels: $(grep 'CUDA kernels' "$LOG/info.txt" | sed 's/CUDA kernels *//')" || note "frspec info: NOT in CUDA mode"
 
-python3 -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$OUT/pytest.txt" | tail -15
-note "pytest: $(tail -1 "$OUT/pytest.txt")"
+python3 -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$LOG/pytest.txt" | tail -15
+note "pytest: $(tail -1 "$LOG/pytest.txt")"
 
 for exe in build/gpu/bench/*_bench; do
   [ -x "$exe" ] || continue
   name=$(basename "$exe")
-  compute-sanitizer --tool memcheck --error-exitcode 9 "$exe" --quick >"$OUT/sanitizer_$name.txt" 2>&1
-  note "compute-sanitizer memcheck $name: rc=$? $(grep -h 'ERROR SUMMARY' "$OUT/sanitizer_$name.txt")"
-  "$exe" | tee "$OUT/$name.txt"
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$exe" --quick >"$LOG/sanitizer_$name.txt" 2>&1
+  note "compute-sanitizer memcheck $name: rc=$? $(grep -h 'ERROR SUMMARY' "$LOG/sanitizer_$name.txt")"
+  "$exe" | tee "$LOG/$name.txt"
 done
 
-python3 -m frspec_cuda bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+python3 -m frspec_cuda bench --json "$LOG/bench.json" 2>&1 | tee "$LOG/bench.txt"
 
+cp "$LOG/bench.json" "$OUT/" 2>/dev/null
+tar -czf "$OUT/details.tgz" -C "$LOG" .
+{
 echo; echo "==================== summary ===================="
 for line in "${summary[@]}"; do echo "$line"; done
-for f in "$OUT"/*_bench.txt; do echo "-- $(basename "$f" .txt)"; cat "$f"; done
-echo "-- frspec bench"; grep -vE "^#" "$OUT/bench.txt"
+grep -h "^FAILED" "$LOG/pytest.txt"
+for f in "$LOG"/*_bench.txt; do case $f in *sanitizer_*) continue;; esac; echo "-- $(basename "$f" .txt)"; cat "$f"; done
+echo "-- frspec bench"; grep -vE "^#" "$LOG/bench.txt"
+} | tee "$OUT/summary.txt"

@@ -7,8 +7,6 @@
 namespace frspec {
 namespace {
 
-constexpr int kXSmemBytes = 64 * 1024;  // staged hidden columns; 2 blocks per SM fit
-
 int64_t num_blocks(int64_t K) { return ceil_div(K, kHeadRowsPerBlock); }
 int64_t partial_k(int64_t k) { return std::min<int64_t>(k, kHeadRowsPerBlock); }
 
@@ -16,12 +14,11 @@ template <typename T, int NT>
 cudaError_t launch_partial(const void* hidden, const void* weight, int64_t n, int64_t H,
                            int64_t K, int64_t kc, uint64_t* keys, float2* stats,
                            cudaStream_t stream) {
-  // Columns of the hidden rows staged per pass: as many as fit, a multiple of 128.
-  const int64_t fit = std::max<int64_t>(128, kXSmemBytes / (NT * 8 * 2) / 128 * 128);
-  const int x_cols = static_cast<int>(std::min<int64_t>(fit, ceil_div(H, 32) * 32));
-  const size_t x_bytes = static_cast<size_t>(ceil_div(x_cols, 32)) * NT * 32 * 16;
-  const size_t logit_bytes = static_cast<size_t>(NT) * 8 * kHeadRowsPerBlock * 4;
-  const size_t smem = std::max(x_bytes, logit_bytes);
+  // Hidden columns staged per pass: as many as fit in kHeadXBytes, whole ring groups.
+  const int x_cols = std::max(kHeadGroupCols, kHeadXBytes / (NT * 8 * 2) / kHeadGroupCols * kHeadGroupCols);
+  // The epilogue's logits ([NT*8][128] fp32) reuse the rings' space.
+  static_assert(size_t(8 * 8) * kHeadRowsPerBlock * 4 <= kHeadSmemBytes - kHeadXBytes, "");
+  const size_t smem = kHeadSmemBytes;
   auto kernel = fr_lm_head_partial_kernel<T, NT>;
   FRSPEC_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

@@ -45,14 +45,14 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
   }
 }
 
-// Streaming 16-byte load: read once, keep it out of L1.
-__device__ __forceinline__ uint4 load_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
+// 16-byte global -> shared copy that bypasses registers and L1; src_bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* src, int src_bytes) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Two MMAs over 32 h-columns: a_lo/a_hi are rows g and g+8 of the warp's 16 weight rows,
 // b the hidden fragment, all holding the same 8 permuted columns per thread.
@@ -63,8 +63,19 @@ __device__ __forceinline__ void mma_32cols(float (&c)[4], const uint4& a_lo, con
   mma_16816<T>(c, a_lo.z, a_hi.z, a_lo.w, a_hi.w, b.z, b.w);
 }
 
+// Shared memory of the partial kernel: the staged hidden columns, then one ring of
+// kHeadStages weight stages per warp (16 rows x 128 columns = 4 KB each). The cp.async
+// ring keeps (kHeadStages - 1) x 4 KB per warp in flight without holding registers, so
+// two blocks per SM keep ~128 KB of weight reads in flight.
+constexpr int kHeadStages = 3;
+constexpr int kHeadGroupCols = 128;  // weight columns per ring stage
+constexpr int kHeadXBytes = 16 * 1024;
+constexpr int kHeadRingU4 = 4 * 2 * 32;  // uint4s per stage: [sub-chunk][row half][lane]
+constexpr size_t kHeadSmemBytes =
+    kHeadXBytes + size_t(kHeadThreads / 32) * kHeadStages * kHeadRingU4 * 16;
+
 // NT: hidden rows padded to NT * 8 (n <= 8 NT). x_cols: hidden columns staged in shared
-// memory at a time (multiple of 32).
+// memory at a time (a multiple of kHeadGroupCols).
 template <typename T, int NT>
 __global__ void __launch_bounds__(kHeadThreads, 2)
     fr_lm_head_partial_kernel(const T* __restrict__ hidden, const T* __restrict__ weight, int n,
@@ -73,54 +84,70 @@ __global__ void __launch_bounds__(kHeadThreads, 2)
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
+  uint4* xs = smem;
+  uint4* ring = smem + kHeadXBytes / 16 + warp * kHeadStages * kHeadRingU4;
   const int row_lo = blockIdx.x * kHeadRowsPerBlock + warp * 16 + g;
   const int row_hi = row_lo + 8;
-  const T* w_lo = weight + static_cast<int64_t>(min(row_lo, K - 1)) * H + tig * 8;
-  const T* w_hi = weight + static_cast<int64_t>(min(row_hi, K - 1)) * H + tig * 8;
-  const bool lo_ok = row_lo < K, hi_ok = row_hi < K;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const T* w_lo = weight + static_cast<int64_t>(min(row_lo, K - 1)) * H;
+  const T* w_hi = weight + static_cast<int64_t>(min(row_hi, K - 1)) * H;
+  const int groups = (H + kHeadGroupCols - 1) / kHeadGroupCols;
+
+  // Group gi: columns [128 gi, 128 gi + 128) of the warp's 16 rows into ring stage gi % S,
+  // laid out so that lane l later reads its A fragments as ring[(u*2 + half)*32 + l].
+  auto issue = [&](int gi) {
+    if (gi < groups) {
+      uint4* dst = ring + (gi % kHeadStages) * kHeadRingU4;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int col = gi * kHeadGroupCols + u * 32 + tig * 8;
+        const bool col_ok = col < H;
+        cp_async_16(dst + (u * 2 + 0) * 32 + lane, w_lo + (col_ok ? col : 0), (col_ok && row_lo < K) ? 16 : 0);
+        cp_async_16(dst + (u * 2 + 1) * 32 + lane, w_hi + (col_ok ? col : 0), (col_ok && row_hi < K) ? 16 : 0);
+      }
+    }
+    cp_async_commit();  // empty groups keep the wait counts uniform
+  };
+#pragma unroll
+  for (int p = 0; p < kHeadStages - 1; ++p) issue(p);
 
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
-  for (int col0 = 0; col0 < H; col0 += x_cols) {
-    const int cols = min(x_cols, H - col0);
-    const int nsub = (cols + 31) / 32;
-    __syncthreads();  // the previous chunk's readers are done
-    // Stage hidden[:, col0:col0+cols] in fragment order: [sub][nt][lane] x 16 bytes.
-    for (int i = threadIdx.x; i < nsub * NT * 32; i += kHeadThreads) {
-      const int t = i % 32, nt = (i / 32) % NT, c = i / (32 * NT);
-      const int r = nt * 8 + t / 4, h = col0 + c * 32 + (t % 4) * 8;
-      smem[i] = (r < n && h < H) ? __ldg(reinterpret_cast<const uint4*>(hidden + static_cast<int64_t>(r) * H + h)) : zero;
-    }
-    __syncthreads();
-    int c = 0;
-    for (; c + 4 <= nsub && (c + 4) * 32 <= cols; c += 4) {
-      uint4 a_lo[4], a_hi[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        a_lo[u] = lo_ok ? load_stream(w_lo + col0 + (c + u) * 32) : zero;
-        a_hi[u] = hi_ok ? load_stream(w_hi + col0 + (c + u) * 32) : zero;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int gi = 0; gi < groups; ++gi) {
+    const int col0 = gi * kHeadGroupCols;
+    const int xoff = col0 % x_cols;
+    if (xoff == 0) {
+      // Stage hidden[:, col0 : col0 + x_cols] in fragment order [sub][nt][lane] (zeros
+      // past n rows / H columns, so zero-filled weights never meet garbage).
+      __syncthreads();
+      for (int i = threadIdx.x; i < (x_cols / 32) * NT * 32; i += kHeadThreads) {
+        const int t = i % 32, nt = (i / 32) % NT, c = i / (32 * NT);
+        const int r = nt * 8 + t / 4, h = col0 + c * 32 + (t % 4) * 8;
+        xs[i] = (r < n && h < H) ? __ldg(reinterpret_cast<const uint4*>(hidden + static_cast<int64_t>(r) * H + h)) : zero;
       }
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          mma_32cols<T>(acc[nt], a_lo[u], a_hi[u], smem[((c + u) * NT + nt) * 32 + lane]);
+      __syncthreads();
     }
-    for (; c < nsub; ++c) {  // tail: fewer than 4 sub-chunks, or a partial one (H % 32 != 0)
-      const bool in = c * 32 + tig * 8 < cols;
-      const uint4 a_lo = (lo_ok && in) ? load_stream(w_lo + col0 + c * 32) : zero;
-      const uint4 a_hi = (hi_ok && in) ? load_stream(w_hi + col0 + c * 32) : zero;
+    cp_async_wait<kHeadStages - 2>();
+    __syncwarp();
+    const uint4* stage = ring + (gi % kHeadStages) * kHeadRingU4;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mma_32cols<T>(acc[nt], a_lo, a_hi, smem[(c * NT + nt) * 32 + lane]);
+    for (int u = 0; u < 4; ++u) {
+      const uint4 a_lo = stage[(u * 2 + 0) * 32 + lane];
+      const uint4 a_hi = stage[(u * 2 + 1) * 32 + lane];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        mma_32cols<T>(acc[nt], a_lo, a_hi, xs[((xoff / 32 + u) * NT + nt) * 32 + lane]);
     }
+    __syncwarp();
+    issue(gi + kHeadStages - 1);
   }
+  cp_async_wait<0>();
 
-  // Logits to shared memory as [hidden row][weight row of this block].
+  // Logits to shared memory (the rings' space) as [hidden row][weight row of the block].
   __syncthreads();
-  float* logits = reinterpret_cast<float*>(smem);
+  float* logits = reinterpret_cast<float*>(smem + kHeadXBytes / 16);
   const int local = warp * 16 + g;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -196,13 +223,20 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
   for (int e = 0; e < E; ++e) best[e] = kEmptyKey;
   const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
-  for (int b = warp; b < nblk; b += nwarps) {
-    uint64_t in[E];
+  auto load_list = [&](int b, uint64_t(&in)[E]) {
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int s = e * 32 + lane;
-      in[e] = s < kc ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
+      in[e] = (b < nblk && s < kc) ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
     }
+  };
+  uint64_t next[E];
+  load_list(warp, next);
+  for (int b = warp; b < nblk; b += nwarps) {
+    uint64_t in[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) in[e] = next[e];
+    load_list(b + nwarps, next);  // in flight while this list merges
     warp_merge_topk<E>(best, in, lane);
   }
   // Tree of merges across warps through shared memory.

@@ -45,7 +45,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             if have_kernel:
                 timed["frspec sliced"] = lambda: ops.fr_lm_head_topk(hidden, sliced, fr_ids, TOP_K)
                 timed["frspec full"] = lambda: ops.fr_lm_head_topk(hidden, full, all_ids, TOP_K)
-            us = {impl: time_us(lambda i, f=f: f(), device, warmup=5, reps=30) for impl, f in timed.items()}
+            us = {impl: time_us(lambda i, f=f: f(), device, warmup=3, reps=10) for impl, f in timed.items()}
             floor_sliced = K * H * 2 / (copy_gbs * 1e3)
             floor_full = V * H * 2 / (copy_gbs * 1e3)
             for impl, t in us.items():
