@@ -1,6 +1,8 @@
 // fr_lm_head_topk microbenchmark: time of the fused FR-Spec head against its floor,
 // the weight bytes over the device-to-device copy bandwidth measured in the same run.
-// Usage: lm_head_topk_bench [--quick]   (--quick: tiny shapes for compute-sanitizer)
+// Usage: lm_head_topk_bench [--quick | --profile]
+//   --quick: tiny shapes for compute-sanitizer; --profile: Llama-3-8B K=32768 only, n = 1
+//   and 10, three runs each (for ncu).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -14,17 +16,21 @@ __global__ void iota_kernel(int32_t* p, int64_t n) {
 }
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const bool quick = mode == "--quick", profile = mode == "--profile";
   cudaDeviceProp prop;
   BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_gbs = bench::copy_bandwidth_gbs(quick ? (1 << 20) : (size_t(1) << 30));
   std::printf("device: %s, copy bandwidth (read+write): %.0f GB/s\n", prop.name, copy_gbs);
   std::printf("%6s %7s %4s %4s %10s %10s %8s\n", "H", "K", "n", "k", "time_us", "floor_us", "x_floor");
   struct Shape { int64_t H, K; };
-  const std::vector<Shape> shapes = quick ? std::vector<Shape>{{64, 300}, {4096, 1000}}
-                                          : std::vector<Shape>{{4096, 32768}, {4096, 128256},
-                                                               {2048, 16384}, {3584, 152064}};
-  const std::vector<int64_t> ns = quick ? std::vector<int64_t>{1, 9, 64} : std::vector<int64_t>{1, 10, 60};
+  const std::vector<Shape> shapes = quick     ? std::vector<Shape>{{64, 300}, {4096, 1000}}
+                                    : profile ? std::vector<Shape>{{4096, 32768}}
+                                              : std::vector<Shape>{{4096, 32768}, {4096, 128256},
+                                                                   {2048, 16384}, {3584, 152064}};
+  const std::vector<int64_t> ns = quick     ? std::vector<int64_t>{1, 9, 64}
+                                  : profile ? std::vector<int64_t>{1, 10}
+                                            : std::vector<int64_t>{1, 10, 60};
   for (const Shape& s : shapes) {
     __nv_bfloat16 *hidden, *weight;
     int32_t* ids;
@@ -49,7 +55,7 @@ int main(int argc, char** argv) {
                                                 frspec::DType::kBFloat16, ws, token_ids,
                                                 logprobs, 0));
           },
-          quick ? 1 : 10, quick ? 2 : 50);
+          quick || profile ? 1 : 10, quick || profile ? 2 : 50);
       std::printf("%6lld %7lld %4lld %4lld %10.1f %10.1f %8.2f\n", (long long)s.H, (long long)s.K,
                   (long long)n, (long long)k, us, floor_us, us / floor_us);
     }

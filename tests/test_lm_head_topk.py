@@ -54,7 +54,7 @@ def _bad_cases(device):
         ((h, w, ids, 65), "k must be in"),
         ((h[0], w, ids, 4), "hidden must be"),
         ((h, w, ids[:39], 4), "ids has 39 entries"),
-        ((h, w[:, :8], ids, 4), "weight has hidden size 8"),
+        ((h, w[:, :8].contiguous(), ids, 4), "weight has hidden size 8"),
         ((h, w.half(), ids, 4), "dtype"),
         ((h, w, ids.float(), 4), "ids must be int32"),
     ]

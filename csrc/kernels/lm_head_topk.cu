@@ -14,17 +14,16 @@ template <typename T, int NT>
 cudaError_t launch_partial(const void* hidden, const void* weight, int64_t n, int64_t H,
                            int64_t K, int64_t kc, uint64_t* keys, float2* stats,
                            cudaStream_t stream) {
-  // Hidden columns staged per pass: as many as fit in kHeadXBytes, whole ring groups.
-  const int x_cols = std::max(kHeadGroupCols, kHeadXBytes / (NT * 8 * 2) / kHeadGroupCols * kHeadGroupCols);
-  // The epilogue's logits ([NT*8][128] fp32) reuse the rings' space.
-  static_assert(size_t(8 * 8) * kHeadRowsPerBlock * 4 <= kHeadSmemBytes - kHeadXBytes, "");
-  const size_t smem = kHeadSmemBytes;
+  const size_t smem = HeadPipe<NT>::kSmemBytes;
+  // The epilogue's logits ([NT*8][128] fp32) reuse the pipeline's space.
+  static_assert(size_t(NT) * 8 * kHeadRowsPerBlock * 4 <= HeadPipe<NT>::kSmemBytes, "");
+  static_assert(2 * (HeadPipe<NT>::kSmemBytes + 1024) <= 227 * 1024, "two blocks per SM");
   auto kernel = fr_lm_head_partial_kernel<T, NT>;
   FRSPEC_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<static_cast<unsigned>(num_blocks(K)), kHeadThreads, smem, stream>>>(
       static_cast<const T*>(hidden), static_cast<const T*>(weight), static_cast<int>(n),
-      static_cast<int>(H), static_cast<int>(K), static_cast<int>(kc), x_cols, keys, stats);
+      static_cast<int>(H), static_cast<int>(K), static_cast<int>(kc), keys, stats);
   return cudaGetLastError();
 }
 

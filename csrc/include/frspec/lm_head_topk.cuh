@@ -63,91 +63,87 @@ __device__ __forceinline__ void mma_32cols(float (&c)[4], const uint4& a_lo, con
   mma_16816<T>(c, a_lo.z, a_hi.z, a_lo.w, a_hi.w, b.z, b.w);
 }
 
-// Shared memory of the partial kernel: the staged hidden columns, then one ring of
-// kHeadStages weight stages per warp (16 rows x 128 columns = 4 KB each). The cp.async
-// ring keeps (kHeadStages - 1) x 4 KB per warp in flight without holding registers, so
-// two blocks per SM keep ~128 KB of weight reads in flight.
-constexpr int kHeadStages = 3;
-constexpr int kHeadGroupCols = 128;  // weight columns per ring stage
-constexpr int kHeadXBytes = 16 * 1024;
-constexpr int kHeadRingU4 = 4 * 2 * 32;  // uint4s per stage: [sub-chunk][row half][lane]
-constexpr size_t kHeadSmemBytes =
-    kHeadXBytes + size_t(kHeadThreads / 32) * kHeadStages * kHeadRingU4 * 16;
+// Pipeline of the partial kernel: stage gi holds weight columns [128 gi, 128 gi + 128) of
+// the block's 128 rows (per warp 16 rows x 128 columns = 4 KB, in fragment order) and the
+// same columns of the hidden rows (NT x 2 KB), all brought in by cp.async (no registers
+// held, so bytes in flight are bounded by shared memory, not the register file). Each
+// stage is one commit group; one barrier per stage makes every thread's copies visible.
+constexpr int kHeadGroupCols = 128;
+constexpr int kHeadWarpStageU4 = 4 * 2 * 32;  // [sub-chunk][row half][lane] x 16 B
+constexpr int kHeadWStageU4 = (kHeadThreads / 32) * kHeadWarpStageU4;
+template <int NT>
+struct HeadPipe {
+  static constexpr int kStages = NT <= 2 ? 3 : 2;    // two blocks per SM fit either way
+  static constexpr int kXStageU4 = 4 * NT * 32;       // [sub-chunk][nt][lane] x 16 B
+  static constexpr int kStageU4 = kHeadWStageU4 + kXStageU4;
+  static constexpr size_t kSmemBytes = size_t(kStages) * kStageU4 * 16;
+};
 
-// NT: hidden rows padded to NT * 8 (n <= 8 NT). x_cols: hidden columns staged in shared
-// memory at a time (a multiple of kHeadGroupCols).
+// NT: hidden rows padded to NT * 8 (n <= 8 NT).
 template <typename T, int NT>
 __global__ void __launch_bounds__(kHeadThreads, 2)
     fr_lm_head_partial_kernel(const T* __restrict__ hidden, const T* __restrict__ weight, int n,
-                              int H, int K, int kc, int x_cols, uint64_t* __restrict__ part_keys,
+                              int H, int K, int kc, uint64_t* __restrict__ part_keys,
                               float2* __restrict__ part_stats) {
+  using Pipe = HeadPipe<NT>;
+  constexpr int S = Pipe::kStages;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
-  uint4* xs = smem;
-  uint4* ring = smem + kHeadXBytes / 16 + warp * kHeadStages * kHeadRingU4;
   const int row_lo = blockIdx.x * kHeadRowsPerBlock + warp * 16 + g;
   const int row_hi = row_lo + 8;
   const T* w_lo = weight + static_cast<int64_t>(min(row_lo, K - 1)) * H;
   const T* w_hi = weight + static_cast<int64_t>(min(row_hi, K - 1)) * H;
   const int groups = (H + kHeadGroupCols - 1) / kHeadGroupCols;
 
-  // Group gi: columns [128 gi, 128 gi + 128) of the warp's 16 rows into ring stage gi % S,
-  // laid out so that lane l later reads its A fragments as ring[(u*2 + half)*32 + l].
   auto issue = [&](int gi) {
     if (gi < groups) {
-      uint4* dst = ring + (gi % kHeadStages) * kHeadRingU4;
+      uint4* stage = smem + (gi % S) * Pipe::kStageU4;
+      uint4* wdst = stage + warp * kHeadWarpStageU4;
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int col = gi * kHeadGroupCols + u * 32 + tig * 8;
         const bool col_ok = col < H;
-        cp_async_16(dst + (u * 2 + 0) * 32 + lane, w_lo + (col_ok ? col : 0), (col_ok && row_lo < K) ? 16 : 0);
-        cp_async_16(dst + (u * 2 + 1) * 32 + lane, w_hi + (col_ok ? col : 0), (col_ok && row_hi < K) ? 16 : 0);
+        cp_async_16(wdst + (u * 2 + 0) * 32 + lane, w_lo + (col_ok ? col : 0), (col_ok && row_lo < K) ? 16 : 0);
+        cp_async_16(wdst + (u * 2 + 1) * 32 + lane, w_hi + (col_ok ? col : 0), (col_ok && row_hi < K) ? 16 : 0);
+      }
+      uint4* xdst = stage + kHeadWStageU4;
+      for (int i = threadIdx.x; i < Pipe::kXStageU4; i += kHeadThreads) {
+        const int t = i % 32, nt = (i / 32) % NT, u = i / (32 * NT);
+        const int r = nt * 8 + t / 4, col = gi * kHeadGroupCols + u * 32 + (t % 4) * 8;
+        const bool ok = r < n && col < H;  // zeros elsewhere: zero weights never meet garbage
+        cp_async_16(xdst + i, hidden + (ok ? static_cast<int64_t>(r) * H + col : 0), ok ? 16 : 0);
       }
     }
     cp_async_commit();  // empty groups keep the wait counts uniform
   };
 #pragma unroll
-  for (int p = 0; p < kHeadStages - 1; ++p) issue(p);
+  for (int p = 0; p < S - 1; ++p) issue(p);
 
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
-  const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int gi = 0; gi < groups; ++gi) {
-    const int col0 = gi * kHeadGroupCols;
-    const int xoff = col0 % x_cols;
-    if (xoff == 0) {
-      // Stage hidden[:, col0 : col0 + x_cols] in fragment order [sub][nt][lane] (zeros
-      // past n rows / H columns, so zero-filled weights never meet garbage).
-      __syncthreads();
-      for (int i = threadIdx.x; i < (x_cols / 32) * NT * 32; i += kHeadThreads) {
-        const int t = i % 32, nt = (i / 32) % NT, c = i / (32 * NT);
-        const int r = nt * 8 + t / 4, h = col0 + c * 32 + (t % 4) * 8;
-        xs[i] = (r < n && h < H) ? __ldg(reinterpret_cast<const uint4*>(hidden + static_cast<int64_t>(r) * H + h)) : zero;
-      }
-      __syncthreads();
-    }
-    cp_async_wait<kHeadStages - 2>();
-    __syncwarp();
-    const uint4* stage = ring + (gi % kHeadStages) * kHeadRingU4;
+    cp_async_wait<S - 2>();
+    __syncthreads();  // stage gi visible to all; everyone is done with stage gi - 1
+    issue(gi + S - 1);  // refills the slot of stage gi - 1
+    const uint4* stage = smem + (gi % S) * Pipe::kStageU4;
+    const uint4* wsrc = stage + warp * kHeadWarpStageU4;
+    const uint4* xsrc = stage + kHeadWStageU4;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const uint4 a_lo = stage[(u * 2 + 0) * 32 + lane];
-      const uint4 a_hi = stage[(u * 2 + 1) * 32 + lane];
+      const uint4 a_lo = wsrc[(u * 2 + 0) * 32 + lane];
+      const uint4 a_hi = wsrc[(u * 2 + 1) * 32 + lane];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        mma_32cols<T>(acc[nt], a_lo, a_hi, xs[((xoff / 32 + u) * NT + nt) * 32 + lane]);
+      for (int nt = 0; nt < NT; ++nt) mma_32cols<T>(acc[nt], a_lo, a_hi, xsrc[(u * NT + nt) * 32 + lane]);
     }
-    __syncwarp();
-    issue(gi + kHeadStages - 1);
   }
   cp_async_wait<0>();
 
-  // Logits to shared memory (the rings' space) as [hidden row][weight row of the block].
+  // Logits to shared memory (the pipeline's space) as [hidden row][weight row of block].
   __syncthreads();
-  float* logits = reinterpret_cast<float*>(smem + kHeadXBytes / 16);
+  float* logits = reinterpret_cast<float*>(smem);
   const int local = warp * 16 + g;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
