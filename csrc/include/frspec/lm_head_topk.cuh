@@ -68,20 +68,34 @@ __device__ __forceinline__ void mma_32cols(float (&c)[4], const uint4& a_lo, con
 // same columns of the hidden rows (NT x 2 KB), all brought in by cp.async (no registers
 // held, so bytes in flight are bounded by shared memory, not the register file). Each
 // stage is one commit group; one barrier per stage makes every thread's copies visible.
-constexpr int kHeadGroupCols = 128;
-constexpr int kHeadWarpStageU4 = 4 * 2 * 32;  // [sub-chunk][row half][lane] x 16 B
+// Tuning knobs (bench/NOTES.md): columns per stage, stages, blocks per SM.
+#ifndef FRSPEC_HEAD_GROUP_COLS
+#define FRSPEC_HEAD_GROUP_COLS 128
+#endif
+#ifndef FRSPEC_HEAD_BLOCKS_PER_SM
+#define FRSPEC_HEAD_BLOCKS_PER_SM 2
+#endif
+constexpr int kHeadGroupCols = FRSPEC_HEAD_GROUP_COLS;
+constexpr int kHeadSubs = kHeadGroupCols / 32;   // 32-column sub-chunks per stage
+constexpr int kHeadBlocksPerSM = FRSPEC_HEAD_BLOCKS_PER_SM;
+constexpr int kHeadWarpStageU4 = kHeadSubs * 2 * 32;  // [sub-chunk][row half][lane] x 16 B
 constexpr int kHeadWStageU4 = (kHeadThreads / 32) * kHeadWarpStageU4;
 template <int NT>
 struct HeadPipe {
-  static constexpr int kStages = NT <= 2 ? 3 : 2;    // two blocks per SM fit either way
-  static constexpr int kXStageU4 = 4 * NT * 32;       // [sub-chunk][nt][lane] x 16 B
+  static constexpr int kXStageU4 = kHeadSubs * NT * 32;  // [sub-chunk][nt][lane] x 16 B
+  // As many stages as fit kHeadBlocksPerSM blocks per SM (227 KB, 1 KB reserved each).
+  static constexpr int kStages =
+      (227 * 1024 / kHeadBlocksPerSM - 1024) / ((kHeadWStageU4 + kXStageU4) * 16) > 4
+          ? 4
+          : (227 * 1024 / kHeadBlocksPerSM - 1024) / ((kHeadWStageU4 + kXStageU4) * 16);
+  static_assert(kStages >= 2, "shared memory too small for two stages");
   static constexpr int kStageU4 = kHeadWStageU4 + kXStageU4;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageU4 * 16;
 };
 
 // NT: hidden rows padded to NT * 8 (n <= 8 NT).
 template <typename T, int NT>
-__global__ void __launch_bounds__(kHeadThreads, 2)
+__global__ void __launch_bounds__(kHeadThreads, kHeadBlocksPerSM)
     fr_lm_head_partial_kernel(const T* __restrict__ hidden, const T* __restrict__ weight, int n,
                               int H, int K, int kc, uint64_t* __restrict__ part_keys,
                               float2* __restrict__ part_stats) {
@@ -101,7 +115,7 @@ __global__ void __launch_bounds__(kHeadThreads, 2)
       uint4* stage = smem + (gi % S) * Pipe::kStageU4;
       uint4* wdst = stage + warp * kHeadWarpStageU4;
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kHeadSubs; ++u) {
         const int col = gi * kHeadGroupCols + u * 32 + tig * 8;
         const bool col_ok = col < H;
         cp_async_16(wdst + (u * 2 + 0) * 32 + lane, w_lo + (col_ok ? col : 0), (col_ok && row_lo < K) ? 16 : 0);
@@ -132,7 +146,7 @@ __global__ void __launch_bounds__(kHeadThreads, 2)
     const uint4* wsrc = stage + warp * kHeadWarpStageU4;
     const uint4* xsrc = stage + kHeadWStageU4;
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < kHeadSubs; ++u) {
       const uint4 a_lo = wsrc[(u * 2 + 0) * 32 + lane];
       const uint4 a_hi = wsrc[(u * 2 + 1) * 32 + lane];
 #pragma unroll
@@ -226,6 +240,13 @@ __global__ void __launch_bounds__(1024)
       in[e] = (b < nblk && s < kc) ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
     }
   };
+  // A sorted list whose best key does not beat the current k-th best cannot change the
+  // top k: skip its merge (after the first few lists, most are skipped).
+  auto merge_if_useful = [&](const uint64_t(&in)[E]) {
+    const uint64_t kth = __shfl_sync(0xffffffffu, (k - 1) < 32 ? best[0] : best[E - 1], (k - 1) % 32);
+    const uint64_t top = __shfl_sync(0xffffffffu, in[0], 0);
+    if (top > kth) warp_merge_topk<E>(best, in, lane);
+  };
   uint64_t next[E];
   load_list(warp, next);
   for (int b = warp; b < nblk; b += nwarps) {
@@ -233,7 +254,7 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
     for (int e = 0; e < E; ++e) in[e] = next[e];
     load_list(b + nwarps, next);  // in flight while this list merges
-    warp_merge_topk<E>(best, in, lane);
+    merge_if_useful(in);
   }
   // Tree of merges across warps through shared memory.
 #pragma unroll
@@ -244,15 +265,20 @@ __global__ void __launch_bounds__(1024)
       uint64_t in[E];
 #pragma unroll
       for (int e = 0; e < E; ++e) in[e] = lists[warp + active][e * 32 + lane];
-      warp_merge_topk<E>(best, in, lane);
+      merge_if_useful(in);
 #pragma unroll
       for (int e = 0; e < E; ++e) lists[warp][e * 32 + lane] = best[e];
     }
   }
   __syncthreads();
   if (warp == 0) {
-    float2 total = make_float2(-INFINITY, 0.f);
-    for (int w = 0; w < nwarps; ++w) total = combine_stats(total, warp_stats[w]);
+    float2 total = lane < nwarps ? warp_stats[lane] : make_float2(-INFINITY, 0.f);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, total.x, o),
+                                       __shfl_xor_sync(0xffffffffu, total.y, o));
+      total = combine_stats(total, other);
+    }
     const float lse = total.x + logf(total.y);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
