@@ -117,6 +117,7 @@ SHAPES = [
     (64, 4096, 4099, 64),
     (60, 4096, 32768, 10),
     (2, 4096, 128256, 8),
+    (2, 64, 20000, 64),  # > 2048 survivors: the merge falls back to whole lists
 ]
 
 

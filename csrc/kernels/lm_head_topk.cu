@@ -60,17 +60,9 @@ cudaError_t fr_lm_head_topk(const void* hidden, const void* weight, const int32_
                         ? dispatch_partial<__nv_bfloat16>(hidden, weight, n, H, K, kc, keys, stats, stream)
                         : dispatch_partial<__half>(hidden, weight, n, H, K, kc, keys, stats, stream);
   FRSPEC_RETURN_IF_ERROR(err);
-  // Merge: one block per hidden row, a power-of-two number of warps (tree of merges).
-  int warps = 1;
-  while (warps < 32 && warps < nblk) warps *= 2;
-  if (k <= 32)
-    fr_lm_head_merge_kernel<1><<<static_cast<unsigned>(n), warps * 32, 0, stream>>>(
-        keys, stats, static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
-        token_ids, logprobs);
-  else
-    fr_lm_head_merge_kernel<2><<<static_cast<unsigned>(n), warps * 32, 0, stream>>>(
-        keys, stats, static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
-        token_ids, logprobs);
+  fr_lm_head_merge_kernel<<<static_cast<unsigned>(n), kMergeThreads, 0, stream>>>(
+      keys, stats, static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
+      token_ids, logprobs);
   return cudaGetLastError();
 }
 

@@ -205,61 +205,103 @@ __device__ __forceinline__ float2 combine_stats(float2 a, float2 b) {
   return make_float2(m, a.y * __expf(a.x - m) + b.y * __expf(b.x - m));
 }
 
-// One block per hidden row; E: keys per lane of the running lists (32 E >= k).
-template <int E>
-__global__ void __launch_bounds__(1024)
+// Pass 2: one block per hidden row. Every block list is sorted, so list b's k-th key
+// t_b is a lower bound of the row's k-th best key, and so is T = max_b t_b: the top k are
+// among the keys >= T ("survivors", typically a few dozen). They are gathered into
+// shared memory and sorted by warps; only if more than kMergeCapacity survive (k close
+// to the 128 rows of a block) do we fall back to merging whole lists.
+constexpr int kMergeThreads = 256;
+constexpr int kMergeCapacity = 2048;
+
+__global__ void __launch_bounds__(kMergeThreads)
     fr_lm_head_merge_kernel(const uint64_t* __restrict__ part_keys,
                             const float2* __restrict__ part_stats, int nblk, int kc, int k,
                             const int32_t* __restrict__ ids, int64_t* __restrict__ out_ids,
                             float* __restrict__ out_logprobs) {
-  constexpr int N = 32 * E;
-  __shared__ uint64_t lists[32][N];
-  __shared__ float2 warp_stats[32];
+  constexpr int E = 2;  // 64 keys per warp list, k <= 64
+  constexpr int kWarps = kMergeThreads / 32;
+  __shared__ uint64_t survivors[kMergeCapacity];
+  __shared__ uint64_t lists[kWarps][32 * E];
+  __shared__ float2 warp_stats[kWarps];
+  __shared__ uint64_t warp_max[kWarps];
+  __shared__ int count;
   const int j = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int nwarps = blockDim.x / 32;
+  const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
+  if (threadIdx.x == 0) count = 0;
 
+  // Softmax statistics and the threshold T, in one sweep over the blocks.
   float2 st = make_float2(-INFINITY, 0.f);
-  for (int b = threadIdx.x; b < nblk; b += blockDim.x)
+  uint64_t t = kEmptyKey;
+  for (int b = threadIdx.x; b < nblk; b += kMergeThreads) {
     st = combine_stats(st, part_stats[static_cast<int64_t>(j) * nblk + b]);
+    const uint64_t kth = rows[static_cast<int64_t>(b) * kc + (k - 1)];
+    t = kth > t ? kth : t;
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, st.x, o),
                                      __shfl_xor_sync(0xffffffffu, st.y, o));
     st = combine_stats(st, other);
+    const uint64_t ot = __shfl_xor_sync(0xffffffffu, t, o);
+    t = ot > t ? ot : t;
   }
-  if (lane == 0) warp_stats[warp] = st;
+  if (lane == 0) {
+    warp_stats[warp] = st;
+    warp_max[warp] = t;
+  }
+  __syncthreads();
+  uint64_t threshold = kEmptyKey;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) threshold = warp_max[w] > threshold ? warp_max[w] : threshold;
+  if (threshold == kEmptyKey) threshold = 1;  // fewer than k real keys per block: keep all real
+
+  // Gather the survivors.
+  const int64_t total = static_cast<int64_t>(nblk) * kc;
+  for (int64_t i = threadIdx.x; i < total; i += kMergeThreads) {
+    const uint64_t key = rows[i];
+    if (key >= threshold) {
+      const int pos = atomicAdd(&count, 1);
+      if (pos < kMergeCapacity) survivors[pos] = key;
+    }
+  }
+  __syncthreads();
+  const int n_surv = count;
 
   uint64_t best[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) best[e] = kEmptyKey;
-  const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
-  auto load_list = [&](int b, uint64_t(&in)[E]) {
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int s = e * 32 + lane;
-      in[e] = (b < nblk && s < kc) ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
-    }
-  };
-  // A sorted list whose best key does not beat the current k-th best cannot change the
-  // top k: skip its merge (after the first few lists, most are skipped).
   auto merge_if_useful = [&](const uint64_t(&in)[E]) {
+    // A sorted list whose best key does not beat the current k-th best cannot change
+    // the top k.
     const uint64_t kth = __shfl_sync(0xffffffffu, (k - 1) < 32 ? best[0] : best[E - 1], (k - 1) % 32);
     const uint64_t top = __shfl_sync(0xffffffffu, in[0], 0);
     if (top > kth) warp_merge_topk<E>(best, in, lane);
   };
-  uint64_t next[E];
-  load_list(warp, next);
-  for (int b = warp; b < nblk; b += nwarps) {
-    uint64_t in[E];
+  if (n_surv <= kMergeCapacity) {
+    // Chunks of 64 survivors: warp sort, then merge into the warp's running top list.
+    for (int c = warp * 32 * E; c < n_surv; c += kWarps * 32 * E) {
+      uint64_t in[E];
 #pragma unroll
-    for (int e = 0; e < E; ++e) in[e] = next[e];
-    load_list(b + nwarps, next);  // in flight while this list merges
-    merge_if_useful(in);
+      for (int e = 0; e < E; ++e) in[e] = c + e * 32 + lane < n_surv ? survivors[c + e * 32 + lane] : kEmptyKey;
+      warp_sort_desc<E>(in, lane);
+      merge_if_useful(in);
+    }
+  } else {
+    // Fallback: merge the sorted block lists themselves.
+    for (int b = warp; b < nblk; b += kWarps) {
+      uint64_t in[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int s = e * 32 + lane;
+        in[e] = s < kc ? rows[static_cast<int64_t>(b) * kc + s] : kEmptyKey;
+      }
+      merge_if_useful(in);
+    }
   }
   // Tree of merges across warps through shared memory.
 #pragma unroll
   for (int e = 0; e < E; ++e) lists[warp][e * 32 + lane] = best[e];
-  for (int active = nwarps / 2; active >= 1; active /= 2) {
+  for (int active = kWarps / 2; active >= 1; active /= 2) {
     __syncthreads();
     if (warp < active) {
       uint64_t in[E];
@@ -270,16 +312,15 @@ __global__ void __launch_bounds__(1024)
       for (int e = 0; e < E; ++e) lists[warp][e * 32 + lane] = best[e];
     }
   }
-  __syncthreads();
   if (warp == 0) {
-    float2 total = lane < nwarps ? warp_stats[lane] : make_float2(-INFINITY, 0.f);
+    float2 total_st = lane < kWarps ? warp_stats[lane] : make_float2(-INFINITY, 0.f);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, total.x, o),
-                                       __shfl_xor_sync(0xffffffffu, total.y, o));
-      total = combine_stats(total, other);
+      const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, total_st.x, o),
+                                       __shfl_xor_sync(0xffffffffu, total_st.y, o));
+      total_st = combine_stats(total_st, other);
     }
-    const float lse = total.x + logf(total.y);
+    const float lse = total_st.x + logf(total_st.y);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int s = e * 32 + lane;
