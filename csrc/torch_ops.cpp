@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> fr_lm_head_topk(const at::Tensor& hidden,
               " but hidden has ", H);
   TORCH_CHECK(ids.size(0) == K, "ids has ", ids.size(0), " entries but weight has ", K, " rows");
   TORCH_CHECK(n >= 1 && n <= 64, "fr_lm_head_topk takes 1..64 hidden rows per call, got ", n);
-  TORCH_CHECK(K >= 1 && K < (int64_t(1) << 31), "weight must have 1..2^31-1 rows, got ", K);
+  TORCH_CHECK(K >= 1 && K < (int64_t(1) << 24), "weight must have 1..2^24-1 rows, got ", K);
   TORCH_CHECK(k >= 1 && k <= 64 && k <= K, "k must be in [1, min(64, K=", K, ")], got ", k);
   TORCH_CHECK(H >= 8 && H % 8 == 0 && H < (1 << 24),
               "hidden_size must be a multiple of 8 in [8, 2^24), got ", H);

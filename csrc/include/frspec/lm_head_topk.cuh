@@ -72,22 +72,23 @@ __device__ __forceinline__ void mma_32cols(float (&c)[4], const uint4& a_lo, con
 #ifndef FRSPEC_HEAD_GROUP_COLS
 #define FRSPEC_HEAD_GROUP_COLS 128
 #endif
+// Blocks per SM: 1 (deeper pipeline) measured best for n <= 16, 2 (the epilogue of one
+// block overlaps the other's streaming) for larger n; a nonzero value forces one.
 #ifndef FRSPEC_HEAD_BLOCKS_PER_SM
-#define FRSPEC_HEAD_BLOCKS_PER_SM 2
+#define FRSPEC_HEAD_BLOCKS_PER_SM 0
 #endif
 constexpr int kHeadGroupCols = FRSPEC_HEAD_GROUP_COLS;
 constexpr int kHeadSubs = kHeadGroupCols / 32;   // 32-column sub-chunks per stage
-constexpr int kHeadBlocksPerSM = FRSPEC_HEAD_BLOCKS_PER_SM;
 constexpr int kHeadWarpStageU4 = kHeadSubs * 2 * 32;  // [sub-chunk][row half][lane] x 16 B
 constexpr int kHeadWStageU4 = (kHeadThreads / 32) * kHeadWarpStageU4;
 template <int NT>
 struct HeadPipe {
+  static constexpr int kBlocksPerSM =
+      FRSPEC_HEAD_BLOCKS_PER_SM > 0 ? FRSPEC_HEAD_BLOCKS_PER_SM : (NT <= 2 ? 1 : 2);
   static constexpr int kXStageU4 = kHeadSubs * NT * 32;  // [sub-chunk][nt][lane] x 16 B
-  // As many stages as fit kHeadBlocksPerSM blocks per SM (227 KB, 1 KB reserved each).
-  static constexpr int kStages =
-      (227 * 1024 / kHeadBlocksPerSM - 1024) / ((kHeadWStageU4 + kXStageU4) * 16) > 4
-          ? 4
-          : (227 * 1024 / kHeadBlocksPerSM - 1024) / ((kHeadWStageU4 + kXStageU4) * 16);
+  // As many stages as fit kBlocksPerSM blocks per SM (227 KB, 1 KB reserved each), <= 4.
+  static constexpr int kFit = (227 * 1024 / kBlocksPerSM - 1024) / ((kHeadWStageU4 + kXStageU4) * 16);
+  static constexpr int kStages = kFit > 4 ? 4 : kFit;
   static_assert(kStages >= 2, "shared memory too small for two stages");
   static constexpr int kStageU4 = kHeadWStageU4 + kXStageU4;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageU4 * 16;
@@ -95,7 +96,7 @@ struct HeadPipe {
 
 // NT: hidden rows padded to NT * 8 (n <= 8 NT).
 template <typename T, int NT>
-__global__ void __launch_bounds__(kHeadThreads, kHeadBlocksPerSM)
+__global__ void __launch_bounds__(kHeadThreads, HeadPipe<NT>::kBlocksPerSM)
     fr_lm_head_partial_kernel(const T* __restrict__ hidden, const T* __restrict__ weight, int n,
                               int H, int K, int kc, uint64_t* __restrict__ part_keys,
                               float2* __restrict__ part_stats) {
@@ -154,6 +155,9 @@ __global__ void __launch_bounds__(kHeadThreads, kHeadBlocksPerSM)
     }
   }
   cp_async_wait<0>();
+  // Let the merge kernel launch now (programmatic dependent launch): its blocks start and
+  // wait in griddepcontrol.wait until this grid has finished, hiding the launch latency.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
 
   // Logits to shared memory (the pipeline's space) as [hidden row][weight row of block].
   __syncthreads();
@@ -208,8 +212,9 @@ __device__ __forceinline__ float2 combine_stats(float2 a, float2 b) {
 // Pass 2: one block per hidden row. Every block list is sorted, so list b's k-th key
 // t_b is a lower bound of the row's k-th best key, and so is T = max_b t_b: the top k are
 // among the keys >= T ("survivors", typically a few dozen). They are gathered into
-// shared memory and sorted by warps; only if more than kMergeCapacity survive (k close
-// to the 128 rows of a block) do we fall back to merging whole lists.
+// shared memory; up to 256 of them rank themselves by counting, more are sorted by warps,
+// and only if more than kMergeCapacity survive (k close to the 128 rows of a block) do
+// we fall back to merging whole lists.
 constexpr int kMergeThreads = 256;
 constexpr int kMergeCapacity = 2048;
 
@@ -228,6 +233,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int j = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
   if (threadIdx.x == 0) count = 0;
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the partial kernel's results
 
   // Softmax statistics and the threshold T, in one sweep over the blocks.
   float2 st = make_float2(-INFINITY, 0.f);
@@ -255,17 +261,47 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int w = 0; w < kWarps; ++w) threshold = warp_max[w] > threshold ? warp_max[w] : threshold;
   if (threshold == kEmptyKey) threshold = 1;  // fewer than k real keys per block: keep all real
 
-  // Gather the survivors.
-  const int64_t total = static_cast<int64_t>(nblk) * kc;
-  for (int64_t i = threadIdx.x; i < total; i += kMergeThreads) {
-    const uint64_t key = rows[i];
-    if (key >= threshold) {
-      const int pos = atomicAdd(&count, 1);
-      if (pos < kMergeCapacity) survivors[pos] = key;
+  // Gather the survivors (loads batched so their latencies overlap).
+  const int total = nblk * kc;
+  for (int i0 = threadIdx.x; i0 < total; i0 += 8 * kMergeThreads) {
+    uint64_t key[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int i = i0 + u * kMergeThreads;
+      key[u] = i < total ? rows[i] : kEmptyKey;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      if (key[u] >= threshold) {
+        const int pos = atomicAdd(&count, 1);
+        if (pos < kMergeCapacity) survivors[pos] = key[u];
+      }
     }
   }
   __syncthreads();
   const int n_surv = count;
+  const float2 total_st = [&] {
+    float2 t2 = make_float2(-INFINITY, 0.f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t2 = combine_stats(t2, warp_stats[w]);
+    return t2;
+  }();
+  const float lse = total_st.x + logf(total_st.y);
+  auto write = [&](int rank, uint64_t key) {
+    out_logprobs[static_cast<int64_t>(j) * k + rank] = key_value(key) - lse;
+    out_ids[static_cast<int64_t>(j) * k + rank] = ids[key_index(key)];
+  };
+
+  // Few survivors (the common case): each finds its rank by counting larger keys.
+  if (n_surv <= kMergeThreads) {
+    if (threadIdx.x < n_surv) {
+      const uint64_t mine = survivors[threadIdx.x];
+      int rank = 0;
+      for (int i = 0; i < n_surv; ++i) rank += survivors[i] > mine;
+      if (rank < k) write(rank, mine);
+    }
+    return;
+  }
 
   uint64_t best[E];
 #pragma unroll
@@ -313,23 +349,9 @@ __global__ void __launch_bounds__(kMergeThreads)
     }
   }
   if (warp == 0) {
-    float2 total_st = lane < kWarps ? warp_stats[lane] : make_float2(-INFINITY, 0.f);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float2 other = make_float2(__shfl_xor_sync(0xffffffffu, total_st.x, o),
-                                       __shfl_xor_sync(0xffffffffu, total_st.y, o));
-      total_st = combine_stats(total_st, other);
-    }
-    const float lse = total_st.x + logf(total_st.y);
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int s = e * 32 + lane;
-      if (s < k) {
-        const bool real = best[e] != kEmptyKey;
-        out_logprobs[static_cast<int64_t>(j) * k + s] = real ? key_value(best[e]) - lse : -INFINITY;
-        out_ids[static_cast<int64_t>(j) * k + s] = real ? ids[key_index(best[e])] : -1;
-      }
-    }
+    for (int e = 0; e < E; ++e)
+      if (e * 32 + lane < k) write(e * 32 + lane, best[e]);  // n_surv > 256 >= k: all real
   }
 }
 

@@ -30,7 +30,7 @@ namespace frspec {
 // is the LM-head row of token ids[i]), both `dtype`, rows 16-byte aligned (H % 8 == 0).
 // Writes token_ids [n, k] (int64, ids[draft index]) and logprobs [n, k] (fp32,
 // log-softmax over the K rows), sorted by logprob descending, ties by lower draft index.
-// Limits: 1 <= n <= 64, 1 <= k <= min(64, K), 8 <= H < 2^24, K < 2^31. Returns
+// Limits: 1 <= n <= 64, 1 <= k <= min(64, K), 8 <= H < 2^24, K < 2^24. Returns
 // cudaErrorInvalidValue outside them and cudaErrorMisalignedAddress for unaligned rows.
 // `workspace` must hold fr_lm_head_topk_workspace_bytes(n, K, k) bytes.
 size_t fr_lm_head_topk_workspace_bytes(int64_t n, int64_t K, int64_t k);
