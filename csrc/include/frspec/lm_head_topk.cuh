@@ -229,7 +229,12 @@ __global__ void __launch_bounds__(kMergeThreads)
   __shared__ uint64_t lists[kWarps][32 * E];
   __shared__ float2 warp_stats[kWarps];
   __shared__ uint64_t warp_max[kWarps];
+  __shared__ uint64_t finals[kMergeThreads];
+  __shared__ int hist[kMergeThreads];
+  __shared__ uint32_t sel_prefix;
+  __shared__ int sel_remaining, n_final;
   __shared__ int count;
+  static_assert(kMergeThreads == 256, "one radix bin per thread");
   const int j = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
   if (threadIdx.x == 0) count = 0;
@@ -292,15 +297,75 @@ __global__ void __launch_bounds__(kMergeThreads)
     out_ids[static_cast<int64_t>(j) * k + rank] = ids[key_index(key)];
   };
 
-  // Few survivors (the common case): each finds its rank by counting larger keys.
-  if (n_surv <= kMergeThreads) {
-    if (threadIdx.x < n_surv) {
-      const uint64_t mine = survivors[threadIdx.x];
+  // Few candidates: each finds its rank by counting larger keys (keys are unique).
+  auto rank_and_write = [&](const uint64_t* cand, int m) {
+    if (threadIdx.x < m) {
+      const uint64_t mine = cand[threadIdx.x];
       int rank = 0;
-      for (int i = 0; i < n_surv; ++i) rank += survivors[i] > mine;
+      for (int i = 0; i < m; ++i) rank += cand[i] > mine;
       if (rank < k) write(rank, mine);
     }
+  };
+  if (n_surv <= kMergeThreads) {
+    rank_and_write(survivors, n_surv);
     return;
+  }
+  if (n_surv <= kMergeCapacity) {
+    // Radix-select the k-th largest value (upper 32 key bits) among the survivors, 8 bits a
+    // pass, then keep the keys whose value is >= it: k plus any exact ties.
+    uint32_t prefix = 0, mask = 0;
+    int remaining = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      hist[threadIdx.x] = 0;  // kMergeThreads == 256 bins
+      __syncthreads();
+      for (int i = threadIdx.x; i < n_surv; i += kMergeThreads) {
+        const uint32_t v = static_cast<uint32_t>(survivors[i] >> 32);
+        if ((v & mask) == prefix) atomicAdd(&hist[(v >> shift) & 255], 1);
+      }
+      __syncthreads();
+      if (warp == 0) {
+        // Lane l holds bins 8l..8l+7; `above` counts the keys in higher bins.
+        int c[8], sum = 0;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) sum += (c[d] = hist[lane * 8 + d]);
+        // Inclusive suffix sum over lanes l..31, so `above` = keys in lanes > l.
+        int incl = sum;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int from = __shfl_down_sync(0xffffffffu, incl, o);
+          if (lane + o < 32) incl += from;
+        }
+        int above = incl - sum;
+#pragma unroll
+        for (int d = 7; d >= 0; --d) {
+          if (above < remaining && remaining <= above + c[d]) {
+            sel_prefix = prefix | (static_cast<uint32_t>(lane * 8 + d) << shift);
+            sel_remaining = remaining - above;
+          }
+          above += c[d];
+        }
+      }
+      __syncthreads();
+      prefix = sel_prefix;
+      remaining = sel_remaining;
+      mask |= 255u << shift;
+    }
+    // prefix is now the k-th largest value's bits: compact the keys with value >= it.
+    if (threadIdx.x == 0) n_final = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_surv; i += kMergeThreads) {
+      const uint64_t key = survivors[i];
+      if (static_cast<uint32_t>(key >> 32) >= prefix) {
+        const int pos = atomicAdd(&n_final, 1);
+        if (pos < kMergeThreads) finals[pos] = key;
+      }
+    }
+    __syncthreads();
+    if (n_final <= kMergeThreads) {
+      rank_and_write(finals, n_final);
+      return;
+    }
+    // Over 256 exact ties at the k-th value: sort the survivors below.
   }
 
   uint64_t best[E];
