@@ -1,4 +1,4 @@
-"""Command line: `frspec info` and `frspec bench` (also `python -m frspec_cuda ...`)."""
+"""Command line: `frspec info | bench | vocab` (also `python -m frspec_cuda ...`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import torch
 
 from . import __version__, _library, ops
+
+from .vocab import DEFAULT_SIZES as DEFAULT_VOCAB_SIZES
 
 
 def _device_description() -> str:
@@ -71,6 +73,53 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_vocab_build(args) -> int:
+    from . import vocab
+
+    tok = vocab.load_tokenizer(args.tokenizer, threads=args.threads)
+    eos = tuple(args.eos_ids) if args.eos_ids is not None else tok.eos_ids
+    tok.eos_ids = eos
+    counts = vocab.count_tokens(tok, args.corpus, text_field=args.text_field, max_tokens=args.max_tokens,
+                                progress=not args.quiet)
+    written = vocab.write_vocabularies(counts, args.out, args.sizes)
+    print(f"counted {counts.tokens:,} tokens in {counts.seconds:.1f} s "
+          f"({counts.tokens / max(counts.seconds, 1e-9) / 1e6:.2f} M tokens/s) with {tok.name}; "
+          f"EOS ids forced in: {list(eos)}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_vocab_coverage(args) -> int:
+    from . import vocab
+
+    counts = vocab.TokenCounts.load(args.counts)
+    tok = vocab.load_tokenizer(args.tokenizer or _tokenizer_spec(counts.tokenizer), threads=args.threads)
+    held_out = vocab.count_tokens(tok, args.corpus, text_field=args.text_field, max_tokens=args.max_tokens,
+                                  progress=not args.quiet)
+    cov = vocab.coverage(held_out.counts, counts.ranking(), args.sizes)
+    print(f"top-K of {counts.tokens:,} counted tokens ({', '.join(counts.corpus)}) "
+          f"covering {held_out.tokens:,} held-out tokens ({', '.join(held_out.corpus)})")
+    print("| K | share of vocabulary | held-out coverage |")
+    print("| --- | --- | --- |")
+    for k, c in cov.items():
+        print(f"| {k} | {k / len(counts.counts):.1%} | {c:.1%} |")
+    return 0
+
+
+def _tokenizer_spec(name: str) -> str:
+    return name.split(":", 1)[1] if ":" in name else name
+
+
+def cmd_vocab_info(args) -> int:
+    from . import vocab
+
+    v = vocab.load_vocab(args.path, vocab_size=args.vocab_size, eos_ids=args.eos_ids or (), k=args.k)
+    ids = v.ids.tolist()
+    print(f"{v.source}: {v.size} distinct ids in [{min(ids)}, {max(ids)}]; first {ids[:8]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="frspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,5 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     b.add_argument("--quick", action="store_true", help="fewer sizes")
     b.add_argument("--json", help="also write the rows to this JSON file")
+    v = sub.add_parser("vocab", help="FR-Spec vocabularies: build, coverage, info")
+    vsub = v.add_subparsers(dest="vocab_command", required=True)
+    vb = vsub.add_parser("build", help="count token frequencies over a corpus and write freq_{K}.pt")
+    vb.add_argument("corpus", nargs="+", help="text files, directories, .gz, .jsonl, or - for stdin")
+    vc = vsub.add_parser("coverage", help="share of a held-out corpus covered by each top-K")
+    vc.add_argument("corpus", nargs="+", help="held-out text (same forms as build)")
+    vc.add_argument("--counts", required=True, help="token_counts.pt written by `frspec vocab build`")
+    for p in (vb, vc):
+        p.add_argument("--tokenizer", required=p is vb,
+                       help="HF tokenizer dir/tokenizer.json, a tiktoken BPE file, or 'llama3' (PyPI llama-models)")
+        p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_VOCAB_SIZES), help="K values")
+        p.add_argument("--text-field", default="text", help="JSONL field holding the text")
+        p.add_argument("--max-tokens", type=int, help="stop after about this many tokens")
+        p.add_argument("--threads", type=int, help="tokenizer threads (default: all cores)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    vb.add_argument("--out", required=True, help="output directory")
+    vb.add_argument("--eos-ids", type=int, nargs="*", help="ids to force in (default: the tokenizer's EOS ids)")
+    vi = vsub.add_parser("info", help="load and validate a vocabulary file")
+    vi.add_argument("path")
+    vi.add_argument("--vocab-size", type=int, help="check ids against this vocabulary size")
+    vi.add_argument("--eos-ids", type=int, nargs="*", help="check these ids are present")
+    vi.add_argument("--k", type=int, help="K to cut from a token_counts.pt file")
     args = parser.parse_args(argv)
+    if args.command == "vocab":
+        return {"build": cmd_vocab_build, "coverage": cmd_vocab_coverage, "info": cmd_vocab_info}[args.vocab_command](args)
     return {"info": cmd_info, "bench": cmd_bench}[args.command](args)
