@@ -118,6 +118,142 @@ std::tuple<at::Tensor, at::Tensor> fr_lm_head_topk(const at::Tensor& hidden,
   return {token_ids, logprobs};
 }
 
+void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_dynamic_tree(
+    const at::Tensor& hist_tokens, const at::Tensor& hist_parents, const at::Tensor& hist_scores,
+    const at::Tensor& root_tokens, const at::Tensor& cache_len, int64_t num_nodes) {
+  const at::Device device = hist_tokens.device();
+  for (const auto& [t, name] : {std::pair{&hist_tokens, "hist_tokens"}, std::pair{&hist_parents, "hist_parents"},
+                                std::pair{&hist_scores, "hist_scores"}, std::pair{&root_tokens, "root_tokens"},
+                                std::pair{&cache_len, "cache_len"}})
+    check_cuda(*t, name, device);
+  check_dtype(hist_tokens, at::kLong, "hist_tokens");
+  check_dtype(hist_parents, at::kInt, "hist_parents");
+  check_dtype(hist_scores, at::kFloat, "hist_scores");
+  check_dtype(root_tokens, at::kLong, "root_tokens");
+  check_dtype(cache_len, at::kInt, "cache_len");
+  TORCH_CHECK(hist_tokens.dim() == 2, "hist_tokens must be [batch, history], got shape ", hist_tokens.sizes());
+  const int64_t B = hist_tokens.size(0), M = hist_tokens.size(1), N = num_nodes;
+  check_shape(hist_parents, {B, M}, "hist_parents");
+  check_shape(hist_scores, {B, M}, "hist_scores");
+  check_shape(root_tokens, {B}, "root_tokens");
+  check_shape(cache_len, {B}, "cache_len");
+  TORCH_CHECK(N >= 2 && N <= 1024, "num_nodes must be in [2, 1024], got ", N);
+  TORCH_CHECK(M >= N - 1 && M <= 4096, "history must hold between num_nodes-1=", N - 1,
+              " and 4096 candidates, got ", M);
+  const int64_t W = (N + 63) / 64;
+  auto opts = hist_tokens.options();
+  at::Tensor tokens = at::empty({B, N}, opts), parents = at::empty({B, N}, opts.dtype(at::kInt));
+  at::Tensor depth = at::empty({B, N}, opts.dtype(at::kInt)), positions = at::empty({B, N}, opts);
+  at::Tensor history_index = at::empty({B, N}, opts.dtype(at::kInt)), mask = at::empty({B, N, W}, opts);
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::build_dynamic_tree(
+                   hist_tokens.data_ptr<int64_t>(), hist_parents.data_ptr<int32_t>(), hist_scores.data_ptr<float>(),
+                   root_tokens.data_ptr<int64_t>(), cache_len.data_ptr<int32_t>(), B, M, N,
+                   tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), depth.data_ptr<int32_t>(),
+                   positions.data_ptr<int64_t>(), history_index.data_ptr<int32_t>(),
+                   reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()), c10::cuda::getCurrentCUDAStream()),
+               "build_dynamic_tree");
+  return {tokens, parents, depth, positions, history_index, mask};
+}
+
+// Shared checks of the two verification ops; returns (B, N).
+std::pair<int64_t, int64_t> check_tree_inputs(const at::Tensor& tokens, const at::Tensor& parents,
+                                              const at::Device& device) {
+  check_cuda(tokens, "tokens", device);
+  check_cuda(parents, "parents", device);
+  check_dtype(tokens, at::kLong, "tokens");
+  check_dtype(parents, at::kInt, "parents");
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [batch, nodes], got shape ", tokens.sizes());
+  const int64_t B = tokens.size(0), N = tokens.size(1);
+  check_shape(parents, {B, N}, "parents");
+  TORCH_CHECK(N >= 1 && N <= 1024, "a tree must have 1..1024 nodes, got ", N);
+  return {B, N};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_outputs(const at::Tensor& like, int64_t B, int64_t N) {
+  auto opts = like.options();
+  return {at::empty({B}, opts.dtype(at::kInt)), at::empty({B, N}, opts.dtype(at::kInt)), at::empty({B}, opts.dtype(at::kLong))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy(const at::Tensor& tokens, const at::Tensor& parents,
+                                                                  const at::Tensor& target_argmax) {
+  const at::Device device = tokens.device();
+  const auto [B, N] = check_tree_inputs(tokens, parents, device);
+  check_cuda(target_argmax, "target_argmax", device);
+  check_dtype(target_argmax, at::kLong, "target_argmax");
+  check_shape(target_argmax, {B, N}, "target_argmax");
+  auto [accept_len, accepted, bonus] = verify_outputs(tokens, B, N);
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::verify_tree_greedy(tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(),
+                                          target_argmax.data_ptr<int64_t>(), B, N, accept_len.data_ptr<int32_t>(),
+                                          accepted.data_ptr<int32_t>(), bonus.data_ptr<int64_t>(),
+                                          c10::cuda::getCurrentCUDAStream()),
+               "verify_tree_greedy");
+  return {accept_len, accepted, bonus};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_sampling(const at::Tensor& tokens,
+                                                                    const at::Tensor& parents,
+                                                                    const at::Tensor& probs,
+                                                                    const at::Tensor& uniforms) {
+  const at::Device device = tokens.device();
+  const auto [B, N] = check_tree_inputs(tokens, parents, device);
+  check_cuda(probs, "probs", device);
+  check_cuda(uniforms, "uniforms", device);
+  check_dtype(probs, at::kFloat, "probs");
+  check_dtype(uniforms, at::kFloat, "uniforms");
+  TORCH_CHECK(probs.dim() == 3 && probs.size(0) == B && probs.size(1) == N,
+              "probs must be [batch, nodes, vocab] = [", B, ", ", N, ", V], got shape ", probs.sizes());
+  const int64_t V = probs.size(2);
+  TORCH_CHECK(V >= 1 && V <= (1 << 18), "vocab size must be in [1, 2^18], got ", V);
+  check_shape(uniforms, {B, N}, "uniforms");
+  auto [accept_len, accepted, bonus] = verify_outputs(tokens, B, N);
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::verify_tree_sampling(tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(),
+                                            probs.data_ptr<float>(), uniforms.data_ptr<float>(), B, N, V,
+                                            accept_len.data_ptr<int32_t>(), accepted.data_ptr<int32_t>(),
+                                            bonus.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream()),
+               "verify_tree_sampling");
+  return {accept_len, accepted, bonus};
+}
+
+void compact_kv_cache(const at::Tensor& kv_cache, const at::Tensor& cache_len, const at::Tensor& accepted,
+                      const at::Tensor& accept_len, const at::Tensor& counter) {
+  const at::Device device = kv_cache.device();
+  for (const auto& [t, name] : {std::pair{&kv_cache, "kv_cache"}, std::pair{&cache_len, "cache_len"},
+                                std::pair{&accepted, "accepted"}, std::pair{&accept_len, "accept_len"},
+                                std::pair{&counter, "counter"}})
+    check_cuda(*t, name, device);
+  TORCH_CHECK(kv_cache.dim() == 6 && kv_cache.size(1) == 2,
+              "kv_cache must be [layers, 2, batch, max_len, kv_heads, head_dim], got shape ", kv_cache.sizes());
+  const int64_t B = kv_cache.size(2), L = kv_cache.size(3);
+  check_dtype(cache_len, at::kInt, "cache_len");
+  check_dtype(accept_len, at::kInt, "accept_len");
+  check_dtype(accepted, at::kInt, "accepted");
+  check_dtype(counter, at::kInt, "counter");
+  check_shape(cache_len, {B}, "cache_len");
+  check_shape(accept_len, {B}, "accept_len");
+  TORCH_CHECK(accepted.dim() == 2 && accepted.size(0) == B, "accepted must be [batch=", B, ", nodes], got shape ",
+              accepted.sizes());
+  TORCH_CHECK(counter.numel() == 1, "counter must hold one int32");
+  const int64_t row_bytes = kv_cache.size(4) * kv_cache.size(5) * kv_cache.element_size();
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::compact_kv_cache(kv_cache.data_ptr(), cache_len.data_ptr<int32_t>(),
+                                        accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+                                        kv_cache.size(0) * 2, B, L, accepted.size(1), row_bytes,
+                                        reinterpret_cast<unsigned*>(counter.data_ptr<int32_t>()),
+                                        c10::cuda::getCurrentCUDAStream()),
+               "compact_kv_cache");
+}
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -134,9 +270,22 @@ TORCH_LIBRARY(frspec_cuda, m) {
         " -> (Tensor out, Tensor lse)");
   m.def("fr_lm_head_topk(Tensor hidden, Tensor weight, Tensor ids, int k)"
         " -> (Tensor token_ids, Tensor logprobs)");
+  m.def("build_dynamic_tree(Tensor hist_tokens, Tensor hist_parents, Tensor hist_scores, Tensor root_tokens,"
+        " Tensor cache_len, int num_nodes) -> (Tensor tokens, Tensor parents, Tensor depth, Tensor positions,"
+        " Tensor history_index, Tensor mask)");
+  m.def("verify_tree_greedy(Tensor tokens, Tensor parents, Tensor target_argmax)"
+        " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
+  m.def("verify_tree_sampling(Tensor tokens, Tensor parents, Tensor probs, Tensor uniforms)"
+        " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
+  m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"
+        " Tensor(c!) counter) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("merge_attention_states", &merge_attention_states);
   m.impl("fr_lm_head_topk", &fr_lm_head_topk);
+  m.impl("build_dynamic_tree", &build_dynamic_tree);
+  m.impl("verify_tree_greedy", &verify_tree_greedy);
+  m.impl("verify_tree_sampling", &verify_tree_sampling);
+  m.impl("compact_kv_cache", &compact_kv_cache);
 }

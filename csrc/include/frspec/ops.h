@@ -40,3 +40,29 @@ cudaError_t fr_lm_head_topk(const void* hidden, const void* weight, const int32_
                             cudaStream_t stream);
 
 }  // namespace frspec
+
+namespace frspec {
+
+// EAGLE-2 tree ops (frspec/tree.cuh; semantics in python/frspec_cuda/reference/tree.py).
+// One block per sequence. Limits: N <= 1024 nodes, M <= 4096 history candidates,
+// vocab V <= 2^18 for sampling. Malformed parent indices are clamped (never out-of-bounds
+// memory); the Python wrappers reject them before launch.
+size_t build_dynamic_tree_smem_bytes(int64_t M, int64_t N);
+cudaError_t build_dynamic_tree(const int64_t* hist_tokens, const int32_t* hist_parents,
+                               const float* hist_scores, const int64_t* root_tokens,
+                               const int32_t* cache_len, int64_t B, int64_t M, int64_t N,
+                               int64_t* tokens, int32_t* parents, int32_t* depth, int64_t* positions,
+                               int32_t* history_index, uint64_t* mask, cudaStream_t stream);
+cudaError_t verify_tree_greedy(const int64_t* tokens, const int32_t* parents, const int64_t* target_argmax,
+                               int64_t B, int64_t N, int32_t* accept_len, int32_t* accepted, int64_t* bonus,
+                               cudaStream_t stream);
+cudaError_t verify_tree_sampling(const int64_t* tokens, const int32_t* parents, const float* probs,
+                                 const float* uniforms, int64_t B, int64_t N, int64_t V, int32_t* accept_len,
+                                 int32_t* accepted, int64_t* bonus, cudaStream_t stream);
+// kv: [planes = layers * 2][B][L][row_bytes] in place; counter: one zeroed uint32 that the
+// kernel leaves zeroed again.
+cudaError_t compact_kv_cache(void* kv, int32_t* cache_len, const int32_t* accepted, const int32_t* accept_len,
+                             int64_t planes, int64_t B, int64_t L, int64_t N, int64_t row_bytes,
+                             unsigned* counter, cudaStream_t stream);
+
+}  // namespace frspec
