@@ -41,7 +41,7 @@ def eagle_history(B, topk, depth, vocab, g, device="cpu"):
 
 def random_tree(B, N, g, shape="random", vocab=50, device="cpu"):
     """tokens, parents [B, N] of a chain, a star, a full binary tree or a random tree;
-    sibling tokens distinct (top-k drafts)."""
+    sibling tokens distinct (top-k drafts) as far as the vocabulary allows."""
     parents = torch.empty(B, N, dtype=torch.int32)
     parents[:, 0] = -1
     for i in range(1, N):
@@ -53,13 +53,18 @@ def random_tree(B, N, g, shape="random", vocab=50, device="cpu"):
             parents[:, i] = (i - 1) // 2
         else:
             parents[:, i] = torch.randint(0, i, (B,), generator=g, dtype=torch.int32)
-    tokens = torch.randint(0, vocab, (B, N), generator=g)
-    for b in range(B):  # distinct tokens among siblings
+    tok = torch.randint(0, vocab, (B, N), generator=g).tolist()
+    par = parents.tolist()
+    for b in range(B):
+        used: dict[int, set] = {}
         for i in range(1, N):
-            sib = {int(tokens[b, j]) for j in range(1, i) if parents[b, j] == parents[b, i]}
-            while int(tokens[b, i]) in sib:
-                tokens[b, i] = (tokens[b, i] + 1) % vocab
-    return tokens.to(device), parents.to(device)
+            sib = used.setdefault(par[b][i], set())
+            for _ in range(vocab):  # next free token, if any is left
+                if tok[b][i] not in sib:
+                    break
+                tok[b][i] = (tok[b][i] + 1) % vocab
+            sib.add(tok[b][i])
+    return torch.tensor(tok).to(device), parents.to(device)
 
 
 # ---------------------------------------------------------------------- references (CPU)
