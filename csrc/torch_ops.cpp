@@ -254,6 +254,48 @@ void compact_kv_cache(const at::Tensor& kv_cache, const at::Tensor& cache_len, c
                "compact_kv_cache");
 }
 
+std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                                  const at::Tensor& v_cache, const at::Tensor& cache_len,
+                                                  const at::Tensor& mask, double scale, int64_t num_splits) {
+  const at::Device device = q.device();
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"},
+                                std::pair{&cache_len, "cache_len"}, std::pair{&mask, "mask"}})
+    check_cuda(*t, name, device);
+  const frspec::DType dtype = to_frspec_dtype(q, "q");
+  TORCH_CHECK(q.dim() == 4, "q must be [batch, nodes, q_heads, head_dim], got shape ", q.sizes());
+  const int64_t B = q.size(0), N = q.size(1), Hq = q.size(2), D = q.size(3);
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(0) == B && k_cache.size(3) == D,
+              "k_cache must be [batch=", B, ", max_len, kv_heads, head_dim=", D, "], got shape ", k_cache.sizes());
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache shape ", v_cache.sizes(), " must equal k_cache shape ",
+              k_cache.sizes());
+  for (const auto& [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), name, " dtype ", t->scalar_type(), " must equal q dtype ",
+                q.scalar_type());
+  const int64_t L = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK(D == 64 || D == 128, "head_dim must be 64 or 128, got ", D);
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "q_heads (", Hq, ") must be a multiple of kv_heads (", Hkv, ")");
+  TORCH_CHECK(N >= 1 && N <= 1024, "a tree must have 1..1024 nodes, got ", N);
+  TORCH_CHECK(L >= N && L < (int64_t(1) << 31), "max_len ", L, " cannot hold the ", N, " tree nodes");
+  check_dtype(cache_len, at::kInt, "cache_len");
+  check_shape(cache_len, {B}, "cache_len");
+  check_dtype(mask, at::kLong, "mask");
+  check_shape(mask, {B, N, (N + 63) / 64}, "mask");
+  const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, L, num_splits);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({B, N, Hq}, q.options().dtype(at::kFloat));
+  at::Tensor workspace = at::empty(
+      {static_cast<int64_t>(frspec::tree_attention_workspace_bytes(splits, B, N, Hq, D) / 4) + 1},
+      q.options().dtype(at::kFloat));
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::tree_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                      cache_len.data_ptr<int32_t>(),
+                                      reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()), B, N, Hq, Hkv, D, L,
+                                      static_cast<float>(scale), splits, dtype, workspace.data_ptr(), out.data_ptr(),
+                                      lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+               "tree_attention");
+  return {out, lse};
+}
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -277,6 +319,8 @@ TORCH_LIBRARY(frspec_cuda, m) {
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
   m.def("verify_tree_sampling(Tensor tokens, Tensor parents, Tensor probs, Tensor uniforms)"
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
+  m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor mask, float scale,"
+        " int num_splits=0) -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"
         " Tensor(c!) counter) -> ()");
 }
@@ -288,4 +332,5 @@ TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("verify_tree_greedy", &verify_tree_greedy);
   m.impl("verify_tree_sampling", &verify_tree_sampling);
   m.impl("compact_kv_cache", &compact_kv_cache);
+  m.impl("tree_attention", &tree_attention);
 }

@@ -79,6 +79,26 @@ def verify_tree_sampling(tokens, parents, probs, *, uniforms: torch.Tensor | Non
                                                                uniforms.float()))
 
 
+def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, *, num_splits: int = 0,
+                   validate: bool = True):
+    """Attention of the N tree queries over the committed prefix and their ancestors.
+
+    q [B, N, Hq, D]; k_cache, v_cache [B, L_max, Hkv, D] holding the prefix at
+    [0, cache_len[b]) and the tree nodes' keys/values at cache_len[b] + node; mask from
+    `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
+    kernel, split over the keys (num_splits 0 = fill the GPU) plus a merge of the splits.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not q.is_cuda:
+        return ref.tree_attention(q, k_cache, v_cache, cache_len, mask, scale)
+    if _checking(validate, cache_len):
+        if bool((cache_len < 0).any()) or int((cache_len + q.shape[1]).max()) > k_cache.shape[1]:
+            raise ValueError(f"cache_len + {q.shape[1]} tree nodes must fit max_len {k_cache.shape[1]}, "
+                             f"got cache_len {cache_len.tolist()}")
+    _library.require_kernel("tree_attention")
+    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits)
+
+
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
@@ -113,6 +133,10 @@ if _library.LOADED:
 
     torch.library.register_fake("frspec_cuda::verify_tree_greedy")(_verdict_fake)
     torch.library.register_fake("frspec_cuda::verify_tree_sampling")(_verdict_fake)
+
+    @torch.library.register_fake("frspec_cuda::tree_attention")
+    def _tree_attention_fake(q, k_cache, v_cache, cache_len, mask, scale, num_splits=0):
+        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     @torch.library.register_fake("frspec_cuda::compact_kv_cache")
     def _compact_fake(kv_cache, cache_len, accepted, accept_len, counter):

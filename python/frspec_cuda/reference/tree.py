@@ -267,13 +267,14 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
         raise ValueError(f"query heads {Hq} must be a multiple of kv heads {Hkv}")
     scale = 1 / math.sqrt(D) if scale is None else scale
     allowed_tree = unpack_mask(mask, N)  # [B, N, N]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.empty_like(q)
-    lse = torch.empty(B, N, Hq, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, N, Hq, dtype=torch.float64 if acc == torch.float64 else torch.float32, device=q.device)
     for b in range(B):
         L = int(cache_len[b])
-        k = k_cache[b, : L + N].float().repeat_interleave(Hq // Hkv, dim=1)  # [L+N, Hq, D]
-        v = v_cache[b, : L + N].float().repeat_interleave(Hq // Hkv, dim=1)
-        s = torch.einsum("nhd,khd->hnk", q[b].float(), k) * scale  # [Hq, N, L+N]
+        k = k_cache[b, : L + N].to(acc).repeat_interleave(Hq // Hkv, dim=1)  # [L+N, Hq, D]
+        v = v_cache[b, : L + N].to(acc).repeat_interleave(Hq // Hkv, dim=1)
+        s = torch.einsum("nhd,khd->hnk", q[b].to(acc), k) * scale  # [Hq, N, L+N]
         allowed = torch.cat([torch.ones(N, L, dtype=torch.bool, device=q.device), allowed_tree[b]], dim=1)
         s = s.masked_fill(~allowed, float("-inf"))
         lse_b = torch.logsumexp(s, dim=-1)  # [Hq, N]

@@ -1,0 +1,276 @@
+// Tree attention: N tree queries per sequence over [committed prefix | tree nodes] of the
+// KV cache; every query sees the whole prefix plus its ancestors and itself (packed
+// ancestor mask). FlashAttention-2 style: a CTA owns 64 query rows of one KV head -- the
+// G = Hq / Hkv query heads of all N nodes are packed together as rows, so one K/V read
+// serves G x N queries -- and a contiguous range of keys (split-K, flash-decoding style,
+// so a long prefix fills the GPU). K/V tiles of 64 keys are double-buffered in shared
+// memory by cp.async; S = QK^T and O += PV run on mma.sync m16n8k16 with ldmatrix
+// fragments; softmax is online in base 2. Splits write fp32 partials + LSE, merged by
+// tree_attention_merge_kernel.
+#pragma once
+
+#include "frspec/common.cuh"
+#include "frspec/mma.cuh"
+
+namespace frspec {
+
+constexpr int kTaRows = 64;      // query rows per CTA (4 warps x 16)
+constexpr int kTaKeys = 64;      // keys per tile
+constexpr int kTaThreads = 128;
+
+template <int D>
+struct TaSmem {
+  static constexpr int kStride = D + 8;  // bf16 elements per padded row (conflict-free ldmatrix)
+  static constexpr int kTile = kTaKeys * kStride;
+  static constexpr size_t kBytes = size_t(4) * kTile * 2;  // K, V double-buffered
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+struct TreeAttnParams {
+  const void* q;        // [B, N, Hq, D]
+  const void* k;        // [B, L_max, Hkv, D]
+  const void* v;
+  const int32_t* cache_len;  // [B]
+  const uint64_t* mask;      // [B, N, W]
+  void* out;                 // [B, N, Hq, D] (splits == 1)
+  float* lse;                // [B, N, Hq]     (splits == 1)
+  float* part_out;           // [splits, B, N, Hq, D] fp32 (splits > 1)
+  float* part_lse;           // [splits, B, N, Hq]
+  int B, N, Hq, Hkv, D, L_max, W, splits, row_tiles;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kTaThreads)
+    tree_attention_kernel(const TreeAttnParams p) {
+  using S = TaSmem<D>;
+  extern __shared__ __align__(16) uint8_t ta_smem_raw[];
+  T* smem = reinterpret_cast<T*>(ta_smem_raw);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  const int row_tile = blockIdx.x % p.row_tiles, split = blockIdx.x / p.row_tiles;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int G = p.Hq / p.Hkv, rows = p.N * G;
+  const int prefix = p.cache_len[b];
+  const int total = min(prefix + p.N, p.L_max);
+  // This split's key range, in whole tiles.
+  const int tiles = (total + kTaKeys - 1) / kTaKeys;
+  const int per_split = (tiles + p.splits - 1) / p.splits;
+  const int kbeg = split * per_split * kTaKeys, kend = min(total, (split + 1) * per_split * kTaKeys);
+
+  // Rows g and g + 8 of this warp: query node and head.
+  int node[2], qh[2];
+  bool row_ok[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = row_tile * kTaRows + warp * 16 + g + e * 8;
+    row_ok[e] = r < rows;
+    const int rr = row_ok[e] ? r : 0;
+    node[e] = rr / G;
+    qh[e] = h * G + rr % G;
+  }
+  // Q fragments (A operand), straight from global memory.
+  const T* q = static_cast<const T*>(p.q);
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const T* qrow = q + ((static_cast<int64_t>(b) * p.N + node[e]) * p.Hq + qh[e]) * D + ks * 16 + 2 * tig;
+      qf[ks][e] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(qrow) : 0u;
+      qf[ks][e + 2] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(qrow + 8) : 0u;
+    }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  const T* kg = static_cast<const T*>(p.k) + static_cast<int64_t>(b) * p.L_max * p.Hkv * D + static_cast<int64_t>(h) * D;
+  const T* vg = static_cast<const T*>(p.v) + static_cast<int64_t>(b) * p.L_max * p.Hkv * D + static_cast<int64_t>(h) * D;
+  const int64_t key_stride = static_cast<int64_t>(p.Hkv) * D;
+  auto load_tile = [&](int k0, int buf) {
+    T* ks_ = smem + buf * 2 * S::kTile;
+    T* vs_ = ks_ + S::kTile;
+    for (int c = threadIdx.x; c < kTaKeys * (D / 8); c += kTaThreads) {
+      const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+      const int key = k0 + r;
+      const bool ok = key < kend;
+      const int64_t off = static_cast<int64_t>(ok ? key : 0) * key_stride + col;
+      cp_async_16(ks_ + r * S::kStride + col, kg + off, ok ? 16 : 0);
+      cp_async_16(vs_ + r * S::kStride + col, vg + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  const uint64_t* mrow[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) mrow[e] = p.mask + (static_cast<int64_t>(b) * p.N + node[e]) * p.W;
+
+  int buf = 0;
+  if (kbeg < kend) load_tile(kbeg, 0);
+  for (int k0 = kbeg; k0 < kend; k0 += kTaKeys) {
+    if (k0 + kTaKeys < kend) {
+      load_tile(k0 + kTaKeys, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* ks_ = smem + buf * 2 * S::kTile;
+    const T* vs_ = ks_ + S::kTile;
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    float s[kTaKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kTaKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int nt = 0; nt < kTaKeys / 8; nt += 2) {
+        const int mi = lane / 8, r = lane % 8;
+        const T* addr = ks_ + ((nt + mi / 2) * 8 + r) * S::kStride + ks * 16 + (mi % 2) * 8;
+        uint32_t kb[4];
+        ldmatrix_x4(kb, addr);
+        mma_16816<T>(s[nt], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[0], kb[1]);
+        mma_16816<T>(s[nt + 1], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[2], kb[3]);
+      }
+    // Mask: keys past the range, tree keys that are not ancestors-or-self.
+    const bool tree_tile = k0 + kTaKeys > prefix;
+#pragma unroll
+    for (int nt = 0; nt < kTaKeys / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int key = k0 + nt * 8 + 2 * tig + (c & 1);
+        const int e = c >> 1;
+        bool ok = key < kend;
+        if (tree_tile && key >= prefix && ok) {
+          const int t = key - prefix;
+          ok = (mrow[e][t >> 6] >> (t & 63)) & 1ull;
+        }
+        s[nt][c] = ok ? s[nt][c] * p.scale_log2 : -INFINITY;
+      }
+    // Online softmax (base 2); rows are shared by the 4 threads of a quad.
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float mx = m[e];
+#pragma unroll
+      for (int nt = 0; nt < kTaKeys / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float ref = mx == -INFINITY ? 0.f : mx;  // all masked so far: avoid inf - inf
+      alpha[e] = exp2f(m[e] - ref);
+      m[e] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kTaKeys / 8; ++nt) {
+        s[nt][2 * e] = exp2f(s[nt][2 * e] - ref);
+        s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - ref);
+        sum += s[nt][2 * e] + s[nt][2 * e + 1];
+      }
+      l[e] = l[e] * alpha[e] + sum;  // quad-partial; reduced at the end
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      o[nt][0] *= alpha[0];
+      o[nt][1] *= alpha[0];
+      o[nt][2] *= alpha[1];
+      o[nt][3] *= alpha[1];
+    }
+    // O += P V: P's accumulator layout is the A fragment layout of the next MMA.
+#pragma unroll
+    for (int kk = 0; kk < kTaKeys / 16; ++kk) {
+      const uint32_t a0 = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      const uint32_t a1 = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      const uint32_t a2 = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      const uint32_t a3 = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int nt = 0; nt < D / 8; nt += 2) {
+        const int mi = lane / 8, r = lane % 8;
+        const T* addr = vs_ + (kk * 16 + (mi % 2) * 8 + r) * S::kStride + (nt + mi / 2) * 8;
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, addr);
+        mma_16816<T>(o[nt], a0, a1, a2, a3, vb[0], vb[1]);
+        mma_16816<T>(o[nt + 1], a0, a1, a2, a3, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with this buffer before it is refilled
+    buf ^= 1;
+  }
+
+  // Finish: reduce l over the quad, normalise, write out/lse or the split partials.
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+  }
+  constexpr float kLn2 = 0.69314718055994531f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (!row_ok[e]) continue;
+    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
+    const float lse = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
+    const int64_t row = (static_cast<int64_t>(b) * p.N + node[e]) * p.Hq + qh[e];
+    if (p.splits == 1) {
+      T* out = static_cast<T*>(p.out) + row * D;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+        *reinterpret_cast<uint32_t*>(out + nt * 8 + 2 * tig) = pack2<T>(o[nt][2 * e] * inv, o[nt][2 * e + 1] * inv);
+      if (tig == 0) p.lse[row] = lse;
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
+      float* out = p.part_out + prow * D;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+        *reinterpret_cast<float2*>(out + nt * 8 + 2 * tig) = make_float2(o[nt][2 * e] * inv, o[nt][2 * e + 1] * inv);
+      if (tig == 0) p.part_lse[prow] = lse;
+    }
+  }
+}
+
+// Merge the split partials of each (sequence, node, query head) row: one warp per row.
+template <typename T>
+__global__ void tree_attention_merge_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,
+                                            int splits, int64_t rows, int D, T* __restrict__ out,
+                                            float* __restrict__ lse) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_lse[s * rows + row]);
+  const float ref = mx == -INFINITY ? 0.f : mx;
+  float wsum = 0.f;
+  for (int s = 0; s < splits; ++s) wsum += __expf(part_lse[s * rows + row] - ref);
+  for (int d = lane; d < D; d += 32) {
+    float acc = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float w = __expf(part_lse[s * rows + row] - ref);
+      if (w > 0.f) acc += w * part_out[(s * rows + row) * D + d];
+    }
+    out[row * D + d] = from_float<T>(wsum > 0.f ? acc / wsum : 0.f);
+  }
+  if (lane == 0) lse[row] = wsum > 0.f ? ref + logf(wsum) : -INFINITY;
+}
+
+}  // namespace frspec

@@ -1,0 +1,70 @@
+// Instantiations and launchers of tree attention (see frspec/tree_attention.cuh).
+#include <algorithm>
+
+#include "frspec/ops.h"
+#include "frspec/tree_attention.cuh"
+
+namespace frspec {
+
+static int num_sms() {
+  static int sms = [] {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  return sms;
+}
+
+int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t requested) {
+  const int64_t max_tiles = ceil_div(L_max, kTaKeys);
+  if (requested > 0) return static_cast<int>(std::min<int64_t>(requested, max_tiles));
+  const int64_t row_tiles = ceil_div(N * (Hq / Hkv), kTaRows);
+  const int64_t ctas = row_tiles * Hkv * B;
+  // ~2 CTAs per SM, each split at least 4 key tiles, at most 64 splits.
+  const int64_t want = ceil_div(2 * num_sms(), ctas);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, std::max<int64_t>(1, max_tiles / 4), 64})));
+}
+
+size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int64_t Hq, int64_t D) {
+  if (splits <= 1) return 0;
+  return static_cast<size_t>(splits * B * N * Hq) * (D + 1) * sizeof(float);
+}
+
+template <typename T, int D>
+static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
+  const size_t smem = TaSmem<D>::kBytes;
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_kernel<T, D>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
+  tree_attention_kernel<T, D><<<grid, kTaThreads, smem, stream>>>(p);
+  FRSPEC_RETURN_IF_ERROR(cudaGetLastError());
+  if (p.splits > 1) {
+    const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
+    tree_attention_merge_kernel<T><<<static_cast<unsigned>(ceil_div(rows, 8)), 256, 0, stream>>>(
+        p.part_out, p.part_lse, p.splits, rows, D, static_cast<T*>(p.out), p.lse);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
+                           const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
+                           int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
+                           float* lse, cudaStream_t stream) {
+  if (B < 0 || N < 1 || N > 1024 || Hkv < 1 || Hq % Hkv != 0 || (D != 64 && D != 128) || L_max < N || splits < 1)
+    return cudaErrorInvalidValue;
+  if (B == 0) return cudaSuccess;
+  TreeAttnParams p{};
+  p.q = q, p.k = k, p.v = v, p.cache_len = cache_len, p.mask = mask, p.out = out, p.lse = lse;
+  p.part_out = static_cast<float*>(workspace);
+  p.part_lse = splits > 1 ? p.part_out + static_cast<int64_t>(splits) * B * N * Hq * D : nullptr;
+  p.B = static_cast<int>(B), p.N = static_cast<int>(N), p.Hq = static_cast<int>(Hq), p.Hkv = static_cast<int>(Hkv);
+  p.D = static_cast<int>(D), p.L_max = static_cast<int>(L_max), p.W = static_cast<int>((N + 63) / 64);
+  p.splits = splits;
+  p.row_tiles = static_cast<int>(ceil_div(N * (Hq / Hkv), kTaRows));
+  p.scale_log2 = scale * 1.4426950408889634f;
+  const bool bf16 = dtype == DType::kBFloat16;
+  if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
+  return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);
+}
+
+}  // namespace frspec
