@@ -42,6 +42,11 @@ for exe in build/gpu/bench/*_bench; do
   "$exe" | tee "$LOG/$name.txt"
 done
 
+for tool in memcheck racecheck; do
+  timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/sanitize_ops.py >"$LOG/sanitizer_ops_$tool.txt" 2>&1
+  note "compute-sanitizer $tool (every op, bench/sanitize_ops.py): rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitizer_ops_$tool.txt")"
+done
+
 python3 -m frspec_cuda bench --json "$LOG/bench.json" 2>&1 | tee "$LOG/bench.txt"
 
 cp "$LOG/bench.json" "$OUT/" 2>/dev/null

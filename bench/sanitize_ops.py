@@ -1,0 +1,34 @@
+"""Run every frspec_cuda op once on small odd-sized inputs (for compute-sanitizer:
+`compute-sanitizer --tool memcheck python3 bench/sanitize_ops.py`)."""
+
+import torch
+
+import frspec_cuda
+from frspec_cuda import tree
+from frspec_cuda.reference import tree as ref
+
+dev = "cuda"
+g = torch.Generator().manual_seed(0)
+B, N, M, V = 2, 37, 90, 1000
+parents_h = torch.tensor([[-1] * 5 + [int(torch.randint(0, i, (1,), generator=g)) for i in range(5, M)]] * B,
+                         dtype=torch.int32)
+t = tree.build_dynamic_tree(torch.randint(0, V, (B, M), generator=g).to(dev), parents_h.to(dev),
+                            (-torch.rand(B, M, generator=g).cumsum(1)).to(dev), torch.tensor([1, 2], device=dev),
+                            torch.tensor([3, 50], dtype=torch.int32, device=dev), N)
+v = tree.verify_tree_greedy(t.tokens, t.parents, torch.randint(0, V, (B, N), device=dev))
+probs = torch.softmax(torch.randn(B, N, V, device=dev), -1)
+s = tree.verify_tree_sampling(t.tokens, t.parents, probs, generator=torch.Generator(device=dev).manual_seed(0))
+kv = torch.randn(3, 2, B, 128, 3, 64, device=dev, dtype=torch.bfloat16)
+cl = torch.tensor([3, 50], dtype=torch.int32, device=dev)
+tree.compact_kv_cache(kv, cl, s.accepted, s.accept_len)
+q = torch.randn(B, N, 6, 128, device=dev, dtype=torch.bfloat16)
+k = torch.randn(B, 200, 2, 128, device=dev, dtype=torch.bfloat16)
+for splits in (1, 3):
+    tree.tree_attention(q, k, torch.randn_like(k), cl, t.mask, num_splits=splits)
+o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
+frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
+frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),
+                            torch.randn(301, 72, device=dev, dtype=torch.bfloat16),
+                            torch.arange(301, device=dev, dtype=torch.int32), 7)
+torch.cuda.synchronize()
+print("sanitize_ops: all ops ran")

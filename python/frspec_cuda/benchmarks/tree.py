@@ -1,0 +1,125 @@
+"""Tree attention vs SDPA (dense boolean mask) and FlexAttention (block mask), against the
+floor max(K/V bytes / copy bandwidth, FLOPs / bf16 matmul rate), both measured in the run;
+and one speculative step's tree bookkeeping (build + greedy verify + KV compaction over
+32 layers) replayed from a CUDA graph."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _library, tree
+from ..reference import tree as ref
+from .timing import copy_bandwidth_gbs, time_us
+
+HQ, HKV, D = 32, 8, 128  # Llama-3-8B attention
+
+
+def matmul_tflops(device) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    us = time_us(lambda i: a @ b, device, warmup=3, reps=10, inner=3)
+    return 2 * 8192**3 / (us * 1e-6) / 1e12
+
+
+def _case(B, N, prefix, device, g):
+    L = prefix + N
+    q = torch.randn(B, N, HQ, D, device=device, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
+    parents = torch.full((B, N), -1, dtype=torch.int32)
+    for i in range(1, N):  # EAGLE-like: shallow, bushy
+        parents[:, i] = max(0, (i - 1) // 4)
+    mask = ref.ancestor_mask(parents).to(device)
+    cache_len = torch.full((B,), prefix, dtype=torch.int32, device=device)
+    return q, k, v, cache_len, mask
+
+
+def _dense_mask(cache_len, mask, N, L):
+    bits = ref.unpack_mask(mask, N)  # [B, N, N]
+    B = mask.shape[0]
+    prefix = torch.ones(B, N, L - N, dtype=torch.bool, device=mask.device)
+    return torch.cat([prefix, bits], dim=-1).unsqueeze(1)  # cache_len == L - N here
+
+
+def _flex(q, k, v, cache_len, mask, N):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, L = k.shape[0], k.shape[1]
+    dense = _dense_mask(cache_len, mask, N, L)[:, 0]  # [B, N, L]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return dense[b, q_idx, kv_idx]
+
+    bm = create_block_mask(mask_mod, B, None, N, L, device=q.device)
+    fn = torch.compile(flex_attention, dynamic=False)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return lambda: fn(qt, kt, vt, block_mask=bm, enable_gqa=True)
+
+
+def run(device: torch.device, quick: bool = False) -> list[dict]:
+    if device.type != "cuda":
+        return [dict(op="tree_attention", note="GPU benchmark: skipped on CPU")]
+    have = _library.has_kernel("tree_attention")
+    copy_gbs = copy_bandwidth_gbs(device)
+    tflops = matmul_tflops(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    configs = [(B, N, p) for B in (1, 4) for N in (16, 60, 128) for p in (1024, 4096, 32768)]
+    if quick:
+        configs = [(1, 60, 4096), (1, 60, 32768)]
+    for B, N, prefix in configs:
+        q, k, v, cl, mask = _case(B, N, prefix, device, g)
+        L = prefix + N
+        kv_bytes = 2 * B * L * HKV * D * 2 + 2 * B * N * HQ * D * 2
+        flops = 4 * B * N * HQ * L * D
+        floor = max(kv_bytes / (copy_gbs * 1e3), flops / (tflops * 1e6))
+        timed = {}
+        if have:
+            timed["frspec"] = lambda: tree.tree_attention(q, k, v, cl, mask, validate=False)
+        am = _dense_mask(cl, mask, N, L)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        timed["sdpa"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=am, enable_gqa=True)
+        if B == 1 and N == 60 and prefix in (4096, 32768):
+            try:
+                timed["flex"] = _flex(q, k, v, cl, mask, N)
+            except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
+                rows.append(dict(op="tree_attention", impl="flex", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
+        us = {name: time_us(lambda i, f=f: f(), device, warmup=3, reps=10) for name, f in timed.items()}
+        for name, t in us.items():
+            rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl=name, time_us=round(t, 1),
+                             floor_us=round(floor, 1), x_floor=round(t / floor, 2),
+                             speedup_vs_sdpa=round(us["sdpa"] / t, 2),
+                             speedup_vs_flex=round(us["flex"] / t, 2) if "flex" in us else ""))
+    if have:
+        rows += _step(device)
+    return rows
+
+
+def _step(device) -> list[dict]:
+    """build_dynamic_tree + verify_tree_greedy + compact_kv_cache (32 layers), N = 60,
+    EAGLE-2 history (top-k 10, depth 6), replayed from one CUDA graph."""
+    g = torch.Generator().manual_seed(0)
+    M = 10 + 5 * 100
+    hist_tokens = torch.randint(0, 128256, (1, M), generator=g).to(device)
+    parents = torch.tensor([[-1] * 10 + [j for d in range(5) for j in range(10 * d, 10 * d + 10) for _ in range(10)]],
+                           dtype=torch.int32)[:, :M].to(device)
+    scores = (-torch.rand(1, M, generator=g).cumsum(1)).to(device)
+    root = torch.tensor([1], device=device)
+    cache_len = torch.tensor([1000], dtype=torch.int32, device=device)
+    kv = torch.randn(32, 2, 1, 2048, HKV, D, device=device, dtype=torch.bfloat16)
+    argmax = torch.randint(0, 128256, (1, 60), device=device)
+
+    def step():
+        t = tree.build_dynamic_tree(hist_tokens, parents, scores, root, cache_len, 60, validate=False)
+        v = tree.verify_tree_greedy(t.tokens, t.parents, argmax, validate=False)
+        tree.compact_kv_cache(kv, cache_len, v.accepted, v.accept_len)
+        cache_len.fill_(1000)
+
+    step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    us = time_us(lambda i: graph.replay(), device, warmup=3, reps=20)
+    return [dict(op="tree_step", impl="frspec (graph)", what="build(M=510)+verify+compact(32 layers), N=60",
+                 time_us=round(us, 1))]
