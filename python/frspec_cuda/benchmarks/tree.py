@@ -53,8 +53,17 @@ def _flex(q, k, v, cache_len, mask, N):
 
     bm = create_block_mask(mask_mod, B, None, N, L, device=q.device)
     fn = torch.compile(flex_attention, dynamic=False)
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    return lambda: fn(qt, kt, vt, block_mask=bm, enable_gqa=True)
+    qt = q.transpose(1, 2)
+    try:  # native GQA first; some inductor builds find no kernel for it
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        call = lambda: fn(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
+        call()
+    except Exception:  # noqa: BLE001
+        G = q.shape[2] // k.shape[2]
+        kt, vt = k.repeat_interleave(G, 2).transpose(1, 2), v.repeat_interleave(G, 2).transpose(1, 2)
+        call = lambda: fn(qt, kt, vt, block_mask=bm)  # noqa: E731
+        call()
+    return call
 
 
 def run(device: torch.device, quick: bool = False) -> list[dict]:
