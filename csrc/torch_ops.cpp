@@ -280,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   check_shape(cache_len, {B}, "cache_len");
   check_dtype(mask, at::kLong, "mask");
   check_shape(mask, {B, N, (N + 63) / 64}, "mask");
-  const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, L, num_splits);
+  const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, L, dtype, num_splits);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({B, N, Hq}, q.options().dtype(at::kFloat));
   at::Tensor workspace = at::empty(

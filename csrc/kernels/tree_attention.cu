@@ -15,13 +15,33 @@ static int num_sms() {
   return sms;
 }
 
-int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t requested) {
+template <typename T, int D>
+static int ctas_per_sm() {
+  static int n = [] {
+    int blocks = 1;
+    const size_t smem = TaSmem<D>::kBytes;
+    if (cudaFuncSetAttribute(tree_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, tree_attention_kernel<T, D>, kTaThreads, smem) !=
+            cudaSuccess)
+      blocks = 1;
+    return std::max(blocks, 1);
+  }();
+  return n;
+}
+
+int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
+                              int64_t requested) {
   const int64_t max_tiles = ceil_div(L_max, kTaKeys);
   if (requested > 0) return static_cast<int>(std::min<int64_t>(requested, max_tiles));
   const int64_t row_tiles = ceil_div(N * (Hq / Hkv), kTaRows);
   const int64_t ctas = row_tiles * Hkv * B;
-  // ~2 CTAs per SM, each split at least 4 key tiles, at most 64 splits.
-  const int64_t want = ceil_div(2 * num_sms(), ctas);
+  const bool bf16 = dtype == DType::kBFloat16;
+  const int per_sm = D == 128 ? (bf16 ? ctas_per_sm<__nv_bfloat16, 128>() : ctas_per_sm<__half, 128>())
+                              : (bf16 ? ctas_per_sm<__nv_bfloat16, 64>() : ctas_per_sm<__half, 64>());
+  // As many splits as fit in one full wave (a partial second wave would cost a whole
+  // wave's time), each split at least 4 key tiles, at most 64 splits.
+  const int64_t want = static_cast<int64_t>(per_sm) * num_sms() / ctas;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, std::max<int64_t>(1, max_tiles / 4), 64})));
 }
 

@@ -72,9 +72,10 @@ namespace frspec {
 // Tree attention (frspec/tree_attention.cuh). q [B, N, Hq, D]; k, v [B, L_max, Hkv, D]
 // (the tree's keys at cache_len[b] + node); mask [B, N, ceil(N/64)] packed ancestor bits;
 // out [B, N, Hq, D], lse [B, N, Hq] fp32. D in {64, 128}, Hq % Hkv == 0, N <= 1024.
-// num_splits <= 0 picks a split count that fills the GPU. `workspace` must hold
+// num_splits <= 0 picks the most splits that fit one wave of CTAs. `workspace` must hold
 // tree_attention_workspace_bytes(...) bytes for the split partials (0 if one split).
-int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t requested);
+int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
+                              int64_t requested);
 size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int64_t Hq, int64_t D);
 cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,

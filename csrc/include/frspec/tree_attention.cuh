@@ -61,8 +61,12 @@ struct TreeAttnParams {
   float scale_log2;  // softmax scale * log2(e)
 };
 
+#ifndef FRSPEC_TA_MIN_BLOCKS
+#define FRSPEC_TA_MIN_BLOCKS 3  // 3 CTAs (12 warps) per SM: registers capped at 168
+#endif
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kTaThreads)
+__global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
     tree_attention_kernel(const TreeAttnParams p) {
   using S = TaSmem<D>;
   extern __shared__ __align__(16) uint8_t ta_smem_raw[];
