@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_tensors_on_one_device
+
 MAX_ROWS_PER_CALL = 64
 MAX_K = 64
 
 
 def check_lm_head_inputs(hidden, weight, ids, k) -> None:
-    for name, t in (("hidden", hidden), ("weight", weight), ("ids", ids)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device != hidden.device:
-            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    check_tensors_on_one_device(hidden=hidden, weight=weight, ids=ids)
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be [n, hidden_size], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_tensors_on_one_device
+
 _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_merge_inputs(out_a, lse_a, out_b, lse_b) -> None:
     """The input contract shared by the reference and the CUDA op (which checks it again
     in C++, with the extra requirements of a kernel: CUDA, contiguous, fp16/bf16)."""
-    for name, t in (("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device != out_a.device:
-            raise ValueError(f"{name} is on {t.device} but out_a is on {out_a.device}")
+    check_tensors_on_one_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     if out_a.dim() != 3:
         raise ValueError(f"out_a must be [tokens, heads, head_dim], got shape {tuple(out_a.shape)}")
     if out_b.shape != out_a.shape:
