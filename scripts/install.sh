@@ -11,6 +11,6 @@ PY=${PYTHON:-python3}
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q torch==2.13.0
-"$VPY" -m pip install -q scikit-build-core ninja pytest numpy
+"$VPY" -m pip install -q scikit-build-core ninja pytest numpy transformers  # build tools + test deps
 "$VPY" -m pip install -q --no-build-isolation .
 "$VPY" -m frspec_cuda info

@@ -1,0 +1,283 @@
+"""One Llama-family decoder (Llama 2/3/3.1/3.2 and Qwen2/2.5) shared by the engine, the
+drafts and APB: plain tensors, a static KV cache of layout [layers, 2, B, max_len, Hkv, D]
+with per-sequence lengths, and attention that is either causal over the cache (prefill,
+decode) or a tree (verification: `frspec_cuda.tree.tree_attention`).
+
+Semantics follow Hugging Face transformers' LlamaForCausalLM / Qwen2ForCausalLM (RMSNorm,
+rotate-half RoPE with optional `llama3` scaling, GQA, SwiGLU, q/k/v bias for Qwen2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "llama"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or field that cannot be used; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 8192
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hf(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
+        archs = cfg.get("architectures") or []
+        arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            mt = cfg.get("model_type")
+            arch = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}.get(mt)
+        if arch is None:
+            raise CheckpointError(f"{source}: unsupported architecture {archs or cfg.get('model_type')!r} "
+                                  f"(supported: {sorted(SUPPORTED_ARCHITECTURES)})")
+
+        def need(key):
+            if key not in cfg:
+                raise CheckpointError(f"{source}: missing field '{key}'")
+            return cfg[key]
+
+        heads = int(need("num_attention_heads"))
+        hidden = int(need("hidden_size"))
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        kv = int(cfg.get("num_key_value_heads") or heads)
+        if heads % kv:
+            raise CheckpointError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+        eos = cfg.get("eos_token_id")
+        eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        scaling = cfg.get("rope_scaling") or None
+        if scaling is None and isinstance(cfg.get("rope_parameters"), dict):  # transformers >= 5 layout
+            rp = cfg["rope_parameters"]
+            if rp.get("rope_type", "default") != "default":
+                scaling = rp
+        if scaling is not None:
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind not in ("llama3", "default"):
+                raise CheckpointError(f"{source}: rope_scaling type {kind!r} is not supported (llama3 is)")
+            if kind == "default":
+                scaling = None
+        theta = cfg.get("rope_theta")
+        if theta is None and isinstance(cfg.get("rope_parameters"), dict):
+            theta = cfg["rope_parameters"].get("rope_theta")
+        return cls(
+            arch=arch, vocab_size=int(need("vocab_size")), hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")), num_layers=int(need("num_hidden_layers")),
+            num_heads=heads, num_kv_heads=kv, head_dim=head_dim, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(theta if theta is not None else 10000.0), rope_scaling=scaling,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
+            eos_token_ids=eos, bos_token_id=cfg.get("bos_token_id"),
+        )
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is not None:  # Llama 3.1 "llama3" frequency-dependent scaling
+        factor, lo, hi = float(s["factor"]), float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+        old = float(s.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv.float()
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D], positions [B, T] -> rotate-half RoPE (HF convention)."""
+    freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(x.device)  # [B, T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)  # [B, T, 1, D]
+    cos, sin = emb.cos(), emb.sin()
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+class LlamaModel:
+    """Weights as plain tensors; `forward` runs the decoder over new tokens, writing their
+    K/V into the cache at `positions`' slots (cache_len + t) and attending causally over
+    [0, cache_len + T) per sequence."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]):
+        self.cfg = cfg
+        self.w = weights
+        self.inv_freq = rope_inv_freq(cfg)
+        ref = weights["embed"]
+        self.device, self.dtype = ref.device, ref.dtype
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        return self.w["lm_head"] if "lm_head" in self.w else self.w["embed"]
+
+    def new_cache(self, batch: int, max_len: int) -> torch.Tensor:
+        c = self.cfg
+        return torch.zeros(c.num_layers, 2, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.dtype, device=self.device)
+
+    def forward(self, input_ids: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
+                num_layers: int | None = None) -> torch.Tensor:
+        """input_ids [B, T] at positions cache_len[b] + t; returns final-normed hidden
+        states [B, T, hidden] (apply `logits()` for the LM head). Does not advance
+        cache_len: the caller commits tokens (so drafts and verification can be discarded).
+        `num_layers` runs only the first layers (self-draft)."""
+        c = self.cfg
+        B, T = input_ids.shape
+        L_max = kv_cache.shape[3]
+        if int((cache_len + T).max()) > L_max:
+            raise ValueError(f"{T} new tokens at cache_len {cache_len.tolist()} do not fit the cache (max_len {L_max})")
+        positions = cache_len.to(torch.long).unsqueeze(1) + torch.arange(T, device=input_ids.device)
+        x = F.embedding(input_ids, self.w["embed"])
+        n_layers = c.num_layers if num_layers is None else num_layers
+        # Key j of sequence b is visible to query t iff j <= cache_len[b] + t.
+        keys = torch.arange(L_max, device=input_ids.device)
+        visible = keys.view(1, 1, L_max) <= positions.unsqueeze(-1)  # [B, T, L_max]
+        for i in range(n_layers):
+            lw = self.w["layers"][i]
+            h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
+            q = F.linear(h, lw["q"], lw.get("q_bias")).view(B, T, c.num_heads, c.head_dim)
+            k = F.linear(h, lw["k"], lw.get("k_bias")).view(B, T, c.num_kv_heads, c.head_dim)
+            v = F.linear(h, lw["v"], lw.get("v_bias")).view(B, T, c.num_kv_heads, c.head_dim)
+            q, k = apply_rope(q, positions, self.inv_freq), apply_rope(k, positions, self.inv_freq)
+            idx = positions.view(B, T, 1, 1).expand(B, T, c.num_kv_heads, c.head_dim)
+            kv_cache[i, 0].scatter_(1, idx, k)
+            kv_cache[i, 1].scatter_(1, idx, v)
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kv_cache[i, 0].transpose(1, 2), kv_cache[i, 1].transpose(1, 2),
+                attn_mask=visible.unsqueeze(1), enable_gqa=True,
+            ).transpose(1, 2).reshape(B, T, c.num_heads * c.head_dim)
+            x = x + F.linear(attn, lw["o"])
+            h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
+            x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
+        return rms_norm(x, self.w["norm"], c.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head).float()
+
+
+# ------------------------------------------------------------------------------ loading
+
+_LAYER_KEYS = {
+    "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+    "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+    "down": "mlp.down_proj.weight", "input_norm": "input_layernorm.weight",
+    "post_norm": "post_attention_layernorm.weight",
+}
+_BIAS_KEYS = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{index}: malformed index ({exc})") from exc
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weights (or model.safetensors.index.json) found")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        f = path / name
+        if not f.exists():
+            raise CheckpointError(f"{f}: listed in the index but missing")
+        try:
+            tensors.update(load_file(str(f)))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
+    return tensors
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LlamaModel:
+    """A Hugging Face checkpoint directory: config.json + *.safetensors (sharded or not)."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{cfg_file}: not found (expected a Hugging Face checkpoint directory)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: malformed JSON ({exc})") from exc
+    cfg = ModelConfig.from_hf(raw, str(cfg_file))
+    gen = path / "generation_config.json"
+    if gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        if eos is not None:
+            cfg.eos_token_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+    t = _read_safetensors(path)
+
+    def take(key, shape):
+        if key not in t:
+            raise CheckpointError(f"{path}: weight '{key}' is missing")
+        w = t[key]
+        if tuple(w.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: weight '{key}' has shape {tuple(w.shape)}, config says {tuple(shape)}")
+        return w.to(device=device, dtype=dtype)
+
+    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+    shapes = {"q": (Hq * D, H), "k": (Hkv * D, H), "v": (Hkv * D, H), "o": (H, Hq * D), "gate": (I, H), "up": (I, H),
+              "down": (H, I), "input_norm": (H,), "post_norm": (H,)}
+    bias_shapes = {"q_bias": (Hq * D,), "k_bias": (Hkv * D,), "v_bias": (Hkv * D,)}
+    layers = []
+    for i in range(cfg.num_layers):
+        pre = f"model.layers.{i}."
+        lw = {k: take(pre + name, shapes[k]) for k, name in _LAYER_KEYS.items()}
+        if cfg.attention_bias:
+            lw.update({k: take(pre + name, bias_shapes[k]) for k, name in _BIAS_KEYS.items()})
+        layers.append(lw)
+    weights = {"embed": take("model.embed_tokens.weight", (cfg.vocab_size, H)), "layers": layers,
+               "norm": take("model.norm.weight", (H,))}
+    if not cfg.tie_word_embeddings:
+        weights["lm_head"] = take("lm_head.weight", (cfg.vocab_size, H))
+    return LlamaModel(cfg, weights)
+
+
+@torch.no_grad()
+def generate_greedy(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
+                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
+    """Our autoregressive baseline (batch 1): prefill, then one token at a time."""
+    stop = set(model.cfg.eos_token_ids if stop_ids is None else stop_ids)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + 1)
+    cache_len = torch.zeros(1, dtype=torch.int32, device=model.device)
+    ids = torch.tensor([prompt_ids], device=model.device)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        hidden = model.forward(ids, cache, cache_len)
+        cache_len += ids.shape[1]
+        token = int(model.logits(hidden[:, -1]).argmax(-1))
+        out.append(token)
+        if token in stop:
+            break
+        ids = torch.tensor([[token]], device=model.device)
+    return out
