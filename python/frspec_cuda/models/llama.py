@@ -144,22 +144,33 @@ class LlamaModel:
         return torch.zeros(c.num_layers, 2, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.dtype, device=self.device)
 
     def forward(self, input_ids: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
-                num_layers: int | None = None) -> torch.Tensor:
-        """input_ids [B, T] at positions cache_len[b] + t; returns final-normed hidden
-        states [B, T, hidden] (apply `logits()` for the LM head). Does not advance
-        cache_len: the caller commits tokens (so drafts and verification can be discarded).
+                num_layers: int | None = None, *, slots: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the decoder over new tokens input_ids [B, T] and return final-normed hidden
+        states [B, T, hidden] (`logits()` applies the LM head).
+
+        By default the tokens are the next T of each sequence: written at cache slots
+        cache_len[b] + t, RoPE position = slot, attending causally over [0, cache_len + t].
+        Drafting and tree verification pass their own `slots` [B, T] (where each token's K/V
+        goes), `positions` [B, T] (RoPE) and `visible` [B, T, max_len] (which cache slots each
+        token attends to, its own included). cache_len is never advanced here: the caller
+        commits tokens, so drafts and rejected tree nodes are simply forgotten.
         `num_layers` runs only the first layers (self-draft)."""
         c = self.cfg
         B, T = input_ids.shape
         L_max = kv_cache.shape[3]
-        if int((cache_len + T).max()) > L_max:
-            raise ValueError(f"{T} new tokens at cache_len {cache_len.tolist()} do not fit the cache (max_len {L_max})")
-        positions = cache_len.to(torch.long).unsqueeze(1) + torch.arange(T, device=input_ids.device)
+        dev = input_ids.device
+        if slots is None:
+            if int((cache_len + T).max()) > L_max:
+                raise ValueError(f"{T} new tokens at cache_len {cache_len.tolist()} do not fit the cache (max_len {L_max})")
+            slots = cache_len.to(torch.long).unsqueeze(1) + torch.arange(T, device=dev)
+        if positions is None:
+            positions = slots
+        if visible is None:  # causal: slot j is visible to token t iff j <= its slot
+            visible = torch.arange(L_max, device=dev).view(1, 1, L_max) <= slots.unsqueeze(-1)
         x = F.embedding(input_ids, self.w["embed"])
         n_layers = c.num_layers if num_layers is None else num_layers
-        # Key j of sequence b is visible to query t iff j <= cache_len[b] + t.
-        keys = torch.arange(L_max, device=input_ids.device)
-        visible = keys.view(1, 1, L_max) <= positions.unsqueeze(-1)  # [B, T, L_max]
+        idx = slots.view(B, T, 1, 1).expand(B, T, c.num_kv_heads, c.head_dim)
         for i in range(n_layers):
             lw = self.w["layers"][i]
             h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
@@ -167,7 +178,6 @@ class LlamaModel:
             k = F.linear(h, lw["k"], lw.get("k_bias")).view(B, T, c.num_kv_heads, c.head_dim)
             v = F.linear(h, lw["v"], lw.get("v_bias")).view(B, T, c.num_kv_heads, c.head_dim)
             q, k = apply_rope(q, positions, self.inv_freq), apply_rope(k, positions, self.inv_freq)
-            idx = positions.view(B, T, 1, 1).expand(B, T, c.num_kv_heads, c.head_dim)
             kv_cache[i, 0].scatter_(1, idx, k)
             kv_cache[i, 1].scatter_(1, idx, v)
             attn = F.scaled_dot_product_attention(

@@ -1,0 +1,180 @@
+"""Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head), greedy, batch 1.
+
+This is the reference-path engine: every step is written in terms of the library's ops
+(`fr_lm_head_topk`, `build_dynamic_tree`, `verify_tree_greedy`, `compact_kv_cache`) and
+the shared Llama model, so it runs on CPU (reference ops) and GPU (kernels) alike. The
+CUDA-graph engine of issue #4 will replace the Python glue, not the semantics.
+
+Cache convention: a cache holds every committed token except the last one, the *root*,
+which is the next input; cache_len counts the cached tokens.
+
+One step:
+1. Draft (self-draft: the target's first `draft_layers` layers + final norm + the
+   FR-sliced LM head): expand the root, then `depth - 1` times the `topk` best beams,
+   logging every candidate (token, parent candidate, cumulative log-prob).
+2. `build_dynamic_tree` keeps the root + the `num_nodes - 1` best candidates.
+3. The target scores all tree nodes in one forward (tree mask), `verify_tree_greedy`
+   accepts the longest path of argmax matches and the bonus token.
+4. `compact_kv_cache` moves the accepted nodes' K/V into place; the draft cache is
+   rewound to the root and re-fed the accepted tokens.
+Greedy output is identical to the target's own greedy decoding (up to floating-point
+near-ties between differently batched forwards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import ops, tree
+from ..models.llama import LlamaModel
+from ..reference.tree import unpack_mask
+from ..vocab import FRVocab
+
+
+@dataclass
+class SpecStats:
+    steps: int = 0
+    accepted: int = 0  # draft tokens accepted (bonus tokens not counted)
+    emitted: int = 0
+    accept_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def mean_accept_length(self) -> float:
+        """Tokens emitted per target forward (accepted drafts + the bonus token)."""
+        return self.emitted / max(self.steps, 1)
+
+
+class SpeculativeGenerator:
+    def __init__(self, target: LlamaModel, draft_layers: int = 1, vocab: FRVocab | None = None,
+                 depth: int = 6, topk: int = 10, num_nodes: int = 60):
+        if not 1 <= draft_layers <= target.cfg.num_layers:
+            raise ValueError(f"draft_layers must be in [1, {target.cfg.num_layers}], got {draft_layers}")
+        if not (1 <= topk <= 64 and depth >= 1 and 2 <= num_nodes <= 1024):
+            raise ValueError(f"need 1 <= topk <= 64, depth >= 1, 2 <= num_nodes <= 1024 "
+                             f"(got topk={topk}, depth={depth}, num_nodes={num_nodes})")
+        history = topk + (depth - 1) * topk * topk
+        if num_nodes - 1 > history:
+            raise ValueError(f"num_nodes - 1 = {num_nodes - 1} exceeds the {history} candidates of depth {depth}, topk {topk}")
+        self.target, self.draft_layers = target, draft_layers
+        self.depth, self.topk, self.num_nodes = depth, topk, num_nodes
+        V = target.cfg.vocab_size
+        if vocab is None:
+            vocab = FRVocab(torch.arange(V, dtype=torch.int32), "full")
+        if int(vocab.ids.max()) >= V:
+            raise ValueError(f"vocabulary {vocab.source} has ids >= the model's vocab_size {V}")
+        self.vocab_ids = vocab.ids.to(target.device)
+        self.draft_head = vocab.slice_lm_head(target.lm_head)  # sliced once, at load time
+
+    # ----------------------------------------------------------------------- drafting
+
+    def _draft_topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.fr_lm_head_topk(hidden.to(self.draft_head.dtype).contiguous(), self.draft_head, self.vocab_ids, k)
+
+    def _draft(self, root: int, cache: torch.Tensor, cache_len: int):
+        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M]."""
+        m, dev, k = self.target, self.target.device, self.topk
+        L = cache.shape[3]
+        cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
+        slot_of: list[int] = []  # draft-cache slot of each expanded candidate
+        h_tok: list[int] = []
+        h_par: list[int] = []
+        h_score: list[float] = []
+        # visible[slot] rows of processed tokens, to build descendants' masks
+        base_visible = torch.arange(L, device=dev) <= cache_len  # prefix + root slot
+        root_hidden = m.forward(torch.tensor([[root]], device=dev), cache, cl, self.draft_layers)
+        ids, lp = self._draft_topk(root_hidden[:, -1], k)
+        for j in range(k):
+            h_tok.append(int(ids[0, j]))
+            h_par.append(-1)
+            h_score.append(float(lp[0, j]))
+        beams = list(range(k))
+        beam_visible = {}  # candidate -> visible row (its ancestors' slots + own)
+        next_slot = cache_len + 1
+        for _ in range(self.depth - 1):
+            B = len(beams)
+            slots = torch.arange(next_slot, next_slot + B, device=dev)
+            vis = []
+            for n, c in enumerate(beams):
+                parent = h_par[c]
+                row = (beam_visible[parent] if parent >= 0 else base_visible).clone()
+                row[next_slot + n] = True
+                beam_visible[c] = row
+                vis.append(row)
+            depth_of = [self._depth(h_par, c) for c in beams]
+            hidden = m.forward(torch.tensor([[h_tok[c] for c in beams]], device=dev), cache, cl, self.draft_layers,
+                               slots=slots.unsqueeze(0),
+                               positions=torch.tensor([[cache_len + d for d in depth_of]], device=dev),
+                               visible=torch.stack(vis).unsqueeze(0))
+            slot_of.extend(range(next_slot, next_slot + B))
+            next_slot += B
+            ids, lp = self._draft_topk(hidden[0], k)  # [B, k]
+            children = []
+            for n, c in enumerate(beams):
+                for j in range(k):
+                    h_tok.append(int(ids[n, j]))
+                    h_par.append(c)
+                    h_score.append(h_score[c] + float(lp[n, j]))
+                    children.append(len(h_tok) - 1)
+            beams = sorted(children, key=lambda c: (-h_score[c], c))[:k]
+        return (torch.tensor([h_tok], device=dev), torch.tensor([h_par], dtype=torch.int32, device=dev),
+                torch.tensor([h_score], device=dev))
+
+    @staticmethod
+    def _depth(parents: list[int], c: int) -> int:
+        d = 1
+        while parents[c] >= 0:
+            c, d = parents[c], d + 1
+        return d
+
+    # ------------------------------------------------------------------------ decoding
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None):
+        m, dev = self.target, self.target.device
+        stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
+        L = len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2
+        t_cache, d_cache = m.new_cache(1, L), m.new_cache(1, L)
+        # Prefill everything but the last prompt token (the first root) into both caches.
+        prefix = torch.tensor([prompt_ids[:-1]], device=dev)
+        zero = torch.zeros(1, dtype=torch.int32, device=dev)
+        if prefix.shape[1]:
+            m.forward(prefix, t_cache, zero)
+            m.forward(prefix, d_cache, zero, self.draft_layers)
+        cache_len = len(prompt_ids) - 1
+        root = prompt_ids[-1]
+        out: list[int] = []
+        stats = SpecStats()
+        while len(out) < max_new_tokens:
+            hist = self._draft(root, d_cache, cache_len)
+            cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
+            t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
+                                        min(self.num_nodes, hist[0].shape[1] + 1))
+            N = t.tokens.shape[1]
+            visible = torch.zeros(1, N, L, dtype=torch.bool, device=dev)
+            visible[:, :, :cache_len] = True
+            visible[:, :, cache_len : cache_len + N] = unpack_mask(t.mask, N)
+            hidden = m.forward(t.tokens, t_cache, cl, slots=cache_len + torch.arange(N, device=dev).unsqueeze(0),
+                               positions=t.positions, visible=visible)
+            argmax = m.logits(hidden).argmax(-1)
+            v = tree.verify_tree_greedy(t.tokens, t.parents, argmax)
+            n_acc = int(v.accept_len[0])
+            path = v.accepted[0, :n_acc]
+            tree.compact_kv_cache(t_cache, cl, v.accepted, v.accept_len)
+            new_tokens = t.tokens[0, path[1:].long()].tolist() + [int(v.bonus[0])]
+            # Draft cache: keep the root (processed at slot cache_len), re-feed the accepted drafts.
+            if n_acc > 1:
+                m.forward(torch.tensor([new_tokens[:-1]], device=dev), d_cache,
+                          torch.tensor([cache_len + 1], dtype=torch.int32, device=dev), self.draft_layers)
+            cache_len += n_acc
+            root = new_tokens[-1]
+            stats.steps += 1
+            stats.accepted += n_acc - 1
+            stats.accept_lengths.append(n_acc)
+            for tok in new_tokens:
+                out.append(tok)
+                stats.emitted += 1
+                if tok in stop or len(out) >= max_new_tokens:
+                    return out, stats
+        return out, stats
