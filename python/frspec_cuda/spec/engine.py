@@ -77,7 +77,6 @@ class SpeculativeGenerator:
         m, dev, k = self.target, self.target.device, self.topk
         L = cache.shape[3]
         cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
-        slot_of: list[int] = []  # draft-cache slot of each expanded candidate
         h_tok: list[int] = []
         h_par: list[int] = []
         h_score: list[float] = []
@@ -107,7 +106,6 @@ class SpeculativeGenerator:
                                slots=slots.unsqueeze(0),
                                positions=torch.tensor([[cache_len + d for d in depth_of]], device=dev),
                                visible=torch.stack(vis).unsqueeze(0))
-            slot_of.extend(range(next_slot, next_slot + B))
             next_slot += B
             ids, lp = self._draft_topk(hidden[0], k)  # [B, k]
             children = []
