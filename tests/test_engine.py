@@ -3,12 +3,15 @@ exactly the tokens of our autoregressive greedy decoding, on CPU with the refere
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
 from frspec_cuda.models import generate_greedy, load_model  # noqa: E402
+from frspec_cuda import spec  # noqa: E402
 from frspec_cuda.spec import SpeculativeGenerator  # noqa: E402
 from frspec_cuda.vocab import FRVocab  # noqa: E402
 from test_models import PROMPTS, write_checkpoint  # noqa: E402
@@ -84,3 +87,60 @@ def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path):
         gap = float(top2[0] - top2[1])
         assert gap < NEAR_TIE, f"prompt {prompt}: divergence at token {j} with a top-2 gap of {gap:.3f}"
     assert same >= 15, f"only {same}/20 prompts identical"
+
+
+def test_target_probs_filters():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    p = spec.target_probs(logits, 1.0)
+    torch.testing.assert_close(p, torch.softmax(logits, -1))
+    pk = spec.target_probs(logits, 1.0, top_k=2)
+    torch.testing.assert_close(pk, torch.tensor([[1 / (1 + math.e**-1), 1 - 1 / (1 + math.e**-1), 0.0, 0.0]]))
+    full = torch.softmax(logits, -1)[0]
+    pp = spec.target_probs(logits, 1.0, top_p=float(full[0]) + 1e-4)  # needs the top two tokens
+    assert (pp[0, 2:] == 0).all() and (pp[0, :2] > 0).all()
+    torch.testing.assert_close(spec.target_probs(logits, 0.5), torch.softmax(logits * 2, -1))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        spec.target_probs(logits, 0.0)
+
+
+def test_spec_sampling_matches_the_target_distribution(tmp_path):
+    """3000 speculative samples of two tokens from a tiny model: the first token follows the
+    target's processed distribution p1 and the second, given the most common first token,
+    p2 (chi-square at p-value 1e-6); the same statistic rejects samples from a sharper
+    distribution, so the test has power."""
+    from test_tree import chi2_threshold
+
+    write_checkpoint(tmp_path, "llama", vocab_size=16, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    model = load_model(tmp_path)
+    T, top_k, top_p = 0.9, 12, 0.97
+    gen = SpeculativeGenerator(model, draft_layers=1, depth=3, topk=3, num_nodes=8)
+    prompt = [3, 1, 4, 1, 5]
+    g = torch.Generator().manual_seed(0)
+    draws = [gen.generate(prompt, 2, stop_ids=(), temperature=T, top_k=top_k, top_p=top_p, generator=g)[0]
+             for _ in range(3000)]
+
+    def exact(ctx):
+        cache = model.new_cache(1, len(ctx) + 1)
+        h = model.forward(torch.tensor([ctx]), cache, torch.zeros(1, dtype=torch.int32))
+        return model.logits(h[:, -1])[0]
+
+    def chi2(counts, p):
+        keep = p > 0
+        assert counts[~keep].sum() == 0, "a token outside top-k / top-p was emitted"
+        e = p[keep].double() * counts.sum()
+        return float(((counts[keep].double() - e) ** 2 / e).sum()), int(keep.sum()) - 1
+
+    l1 = exact(prompt)
+    p1 = spec.target_probs(l1, T, top_k, top_p)
+    c1 = torch.bincount(torch.tensor([d[0] for d in draws]), minlength=16)
+    stat, df = chi2(c1, p1)
+    assert stat < chi2_threshold(df), f"first token chi2 {stat:.1f} (df {df})"
+    first = int(c1.argmax())
+    p2 = spec.target_probs(exact(prompt + [first]), T, top_k, top_p)
+    c2 = torch.bincount(torch.tensor([d[1] for d in draws if d[0] == first]), minlength=16)
+    stat2, df2 = chi2(c2, p2)
+    assert stat2 < chi2_threshold(df2), f"second token chi2 {stat2:.1f} (df {df2})"
+    sharper = spec.target_probs(l1, T / 2, top_k, top_p)
+    wrong = torch.multinomial(sharper, 3000, replacement=True, generator=torch.Generator().manual_seed(1))
+    assert chi2(torch.bincount(wrong, minlength=16), p1)[0] > chi2_threshold(df)

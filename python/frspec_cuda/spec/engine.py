@@ -1,4 +1,5 @@
-"""Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head), greedy, batch 1.
+"""Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head), batch 1: greedy and
+lossless sampling.
 
 This is the reference-path engine: every step is written in terms of the library's ops
 (`fr_lm_head_topk`, `build_dynamic_tree`, `verify_tree_greedy`, `compact_kv_cache`) and
@@ -13,8 +14,10 @@ One step:
    FR-sliced LM head): expand the root, then `depth - 1` times the `topk` best beams,
    logging every candidate (token, parent candidate, cumulative log-prob).
 2. `build_dynamic_tree` keeps the root + the `num_nodes - 1` best candidates.
-3. The target scores all tree nodes in one forward (tree mask), `verify_tree_greedy`
-   accepts the longest path of argmax matches and the bonus token.
+3. The target scores all tree nodes in one forward (tree mask); `verify_tree_greedy`
+   accepts the longest path of argmax matches and the bonus token, or, when sampling,
+   `verify_tree_sampling` checks the drafts against the target's processed probabilities
+   (draft probabilities never enter, so the restricted FR vocabulary cannot bias output).
 4. `compact_kv_cache` moves the accepted nodes' K/V into place; the draft cache is
    rewound to the root and re-fed the accepted tokens.
 Greedy output is identical to the target's own greedy decoding (up to floating-point
@@ -31,6 +34,7 @@ from .. import ops, tree
 from ..models.llama import LlamaModel
 from ..reference.tree import unpack_mask
 from ..vocab import FRVocab
+from .sampling import target_probs
 
 
 @dataclass
@@ -129,7 +133,12 @@ class SpeculativeGenerator:
     # ------------------------------------------------------------------------ decoding
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None):
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None, *,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None):
+        """Greedy when temperature == 0 (output identical to greedy AR); otherwise lossless
+        speculative sampling: each emitted token is distributed exactly as in
+        `generate_sample` with the same temperature / top_k / top_p."""
         m, dev = self.target, self.target.device
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
         L = len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2
@@ -155,8 +164,12 @@ class SpeculativeGenerator:
             visible[:, :, cache_len : cache_len + N] = unpack_mask(t.mask, N)
             hidden = m.forward(t.tokens, t_cache, cl, slots=cache_len + torch.arange(N, device=dev).unsqueeze(0),
                                positions=t.positions, visible=visible)
-            argmax = m.logits(hidden).argmax(-1)
-            v = tree.verify_tree_greedy(t.tokens, t.parents, argmax)
+            logits = m.logits(hidden)
+            if temperature > 0:
+                v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
+                                              generator=generator)
+            else:
+                v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1))
             n_acc = int(v.accept_len[0])
             path = v.accepted[0, :n_acc]
             tree.compact_kv_cache(t_cache, cl, v.accepted, v.accept_len)

@@ -1,0 +1,52 @@
+"""The target's sampling distribution (temperature, top-k, top-p) and the autoregressive
+sampling baseline. Speculative sampling verifies against exactly these probabilities, so
+its output has the distribution of `generate_sample`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.llama import LlamaModel
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """logits [..., V] -> fp32 probabilities after temperature, then top-k, then top-p
+    (the smallest set of most likely tokens whose mass reaches top_p), renormalised."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling (0 means greedy)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    x = logits.float() / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = x.topk(top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    p = torch.softmax(x, dim=-1)
+    if top_p < 1:
+        sorted_p, order = p.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
+        drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        p = p.masked_fill(drop, 0)
+        p = p / p.sum(-1, keepdim=True)
+    return p
+
+
+@torch.no_grad()
+def generate_sample(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int, temperature: float,
+                    top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
+    """Autoregressive sampling baseline (batch 1)."""
+    stop = set(model.cfg.eos_token_ids if stop_ids is None else stop_ids)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + 1)
+    cache_len = torch.zeros(1, dtype=torch.int32, device=model.device)
+    ids = torch.tensor([prompt_ids], device=model.device)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        hidden = model.forward(ids, cache, cache_len)
+        cache_len += ids.shape[1]
+        p = target_probs(model.logits(hidden[:, -1]), temperature, top_k, top_p)
+        token = int(torch.multinomial(p, 1, generator=generator))
+        out.append(token)
+        if token in stop:
+            break
+        ids = torch.tensor([[token]], device=model.device)
+    return out
