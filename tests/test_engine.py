@@ -144,3 +144,39 @@ def test_spec_sampling_matches_the_target_distribution(tmp_path):
     sharper = spec.target_probs(l1, T / 2, top_k, top_p)
     wrong = torch.multinomial(sharper, 3000, replacement=True, generator=torch.Generator().manual_seed(1))
     assert chi2(torch.bincount(wrong, minlength=16), p1)[0] > chi2_threshold(df)
+
+
+def test_frspec_generate_cli(tmp_path, capsys):
+    """`frspec generate` on a checkpoint directory with a tokenizer: frspec (FR vocabulary
+    built by `frspec vocab build`) and eagle2 print the same greedy text as ar."""
+    from test_vocab import TEXT
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from frspec_cuda.cli import main as cli
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=256, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    ckpt = tmp_path / "ckpt"
+    write_checkpoint(ckpt, "llama", vocab_size=tok.get_vocab_size(), num_hidden_layers=3)
+    tok.save(str(ckpt / "tokenizer.json"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXT))
+    assert cli(["vocab", "build", str(corpus), "--tokenizer", str(ckpt), "--out", str(tmp_path / "v"),
+                "--sizes", "128", "--quiet", "--eos-ids", "2"]) == 0  # the checkpoint's EOS id
+    capsys.readouterr()
+    texts = {}
+    for mode in ("ar", "eagle2", "frspec"):
+        args = ["generate", "--model", str(ckpt), "--prompt", "the cat sat", "--max-new-tokens", "12", "--mode", mode,
+                "--device", "cpu", "--draft-layers", "2"]
+        if mode == "frspec":
+            args += ["--vocab", str(tmp_path / "v" / "freq_128.pt")]
+        assert cli(args) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[-1].startswith(f"[{mode}] 12 tokens")
+        texts[mode] = out[:-1]
+    assert texts["ar"] == texts["eagle2"] == texts["frspec"]
+    with pytest.raises(SystemExit, match="needs --vocab"):
+        cli(["generate", "--model", str(ckpt), "--prompt", "x", "--mode", "frspec", "--device", "cpu"])

@@ -1,4 +1,4 @@
-"""Command line: `frspec info | bench | vocab` (also `python -m frspec_cuda ...`)."""
+"""Command line: `frspec info | bench | vocab | generate` (also `python -m frspec_cuda ...`)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,73 @@ def cmd_vocab_info(args) -> int:
     return 0
 
 
+def _read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    prompts = []
+    with open(args.prompts_file) as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                turns = rec.get("turns") or [rec.get("prompt") or rec.get("text")]
+                if not isinstance(turns[0], str):
+                    raise SystemExit(f"{args.prompts_file}: each record needs 'turns', 'prompt' or 'text'")
+                prompts.append(turns[0])
+    return prompts[: args.limit] if args.limit else prompts
+
+
+def cmd_generate(args) -> int:
+    import time
+    from pathlib import Path
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from .models import load_model
+    from .spec import SpeculativeGenerator, generate_sample
+    from .models.llama import generate_greedy
+    from .vocab import load_vocab
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if dev.startswith("cuda") else "fp32")]
+    model = load_model(args.model, dtype=dtype, device=dev)
+    tok_file = Path(args.model) / "tokenizer.json"
+    if not tok_file.exists():
+        raise SystemExit(f"{tok_file}: not found (the checkpoint needs a tokenizer.json)")
+    tok = HFTokenizer.from_file(str(tok_file))
+    gen = None
+    if args.mode != "ar":
+        vocab = None
+        if args.mode == "frspec":
+            if not args.vocab:
+                raise SystemExit("--mode frspec needs --vocab freq_K.pt")
+            vocab = load_vocab(args.vocab, vocab_size=model.cfg.vocab_size, eos_ids=model.cfg.eos_token_ids)
+        gen = SpeculativeGenerator(model, draft_layers=args.draft_layers, vocab=vocab, depth=args.depth,
+                                   topk=args.topk, num_nodes=args.num_nodes)
+    g = torch.Generator(device=dev).manual_seed(args.seed)
+    total_tokens, total_time, steps = 0, 0.0, 0
+    for text in _read_prompts(args):
+        ids = tok.encode(text).ids
+        if len(ids) + args.max_new_tokens > model.cfg.max_position_embeddings:
+            raise SystemExit(f"prompt of {len(ids)} tokens + {args.max_new_tokens} new exceeds the model's "
+                             f"max_position_embeddings {model.cfg.max_position_embeddings}")
+        t0 = time.perf_counter()
+        if gen is None:
+            out = (generate_greedy(model, ids, args.max_new_tokens) if args.temperature == 0 else
+                   generate_sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g))
+            steps += len(out)
+        else:
+            out, stats = gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                      top_p=args.top_p, generator=g)
+            steps += stats.steps
+        total_time += time.perf_counter() - t0
+        total_tokens += len(out)
+        print(tok.decode(out), flush=True)
+    print(f"[{args.mode}] {total_tokens} tokens in {total_time:.2f} s = {total_tokens / max(total_time, 1e-9):.1f} tok/s, "
+          f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="frspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,7 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     vi.add_argument("--vocab-size", type=int, help="check ids against this vocabulary size")
     vi.add_argument("--eos-ids", type=int, nargs="*", help="check these ids are present")
     vi.add_argument("--k", type=int, help="K to cut from a token_counts.pt file")
+    gp = sub.add_parser("generate", help="generate with a Hugging Face checkpoint: ar, eagle2 or frspec")
+    src = gp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompts-file", help="JSONL with 'turns' (Spec-Bench), 'prompt' or 'text'")
+    gp.add_argument("--limit", type=int, help="first N prompts of the file")
+    gp.add_argument("--model", required=True, help="HF checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    gp.add_argument("--mode", choices=["ar", "eagle2", "frspec"], default="frspec")
+    gp.add_argument("--vocab", help="FR vocabulary (freq_K.pt) for --mode frspec")
+    gp.add_argument("--draft-layers", type=int, default=1, help="self-draft: the target's first N layers")
+    gp.add_argument("--depth", type=int, default=6)
+    gp.add_argument("--topk", type=int, default=10)
+    gp.add_argument("--num-nodes", type=int, default=60)
+    gp.add_argument("--max-new-tokens", type=int, default=128)
+    gp.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    gp.add_argument("--top-k", type=int, default=0)
+    gp.add_argument("--top-p", type=float, default=1.0)
+    gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    gp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"])
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        return cmd_generate(args)
     if args.command == "vocab":
         return {"build": cmd_vocab_build, "coverage": cmd_vocab_coverage, "info": cmd_vocab_info}[args.vocab_command](args)
     return {"info": cmd_info, "bench": cmd_bench}[args.command](args)
