@@ -104,8 +104,11 @@ def _hf_tokenizer(path: Path) -> Tokenizer:
         if name and tok.token_to_id(name) is not None:
             eos.append(tok.token_to_id(name))
 
+    # encode_batch_fast skips offsets (1.5x here); older tokenizers only have encode_batch
+    batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+
     def encode_batch(texts):
-        return [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(texts, add_special_tokens=False)]
+        return [np.asarray(e.ids, dtype=np.int64) for e in batch(texts, add_special_tokens=False)]
 
     return Tokenizer(f"hf:{file}", tok.get_vocab_size(with_added_tokens=True), tuple(dict.fromkeys(eos)), encode_batch)
 
