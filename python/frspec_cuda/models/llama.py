@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -273,9 +274,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
 
 
 @torch.no_grad()
-def generate_greedy(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
-                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
-    """Our autoregressive baseline (batch 1): prefill, then one token at a time."""
+def generate_autoregressive(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
+                            choose: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...] | None = None) -> list[int]:
+    """Our autoregressive baseline (batch 1): prefill, then one token at a time; `choose`
+    turns the last position's logits [1, V] into the next token."""
     stop = set(model.cfg.eos_token_ids if stop_ids is None else stop_ids)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + 1)
     cache_len = torch.zeros(1, dtype=torch.int32, device=model.device)
@@ -284,9 +286,14 @@ def generate_greedy(model: LlamaModel, prompt_ids: list[int], max_new_tokens: in
     for _ in range(max_new_tokens):
         hidden = model.forward(ids, cache, cache_len)
         cache_len += ids.shape[1]
-        token = int(model.logits(hidden[:, -1]).argmax(-1))
+        token = choose(model.logits(hidden[:, -1]))
         out.append(token)
         if token in stop:
             break
         ids = torch.tensor([[token]], device=model.device)
     return out
+
+
+def generate_greedy(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
+                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
+    return generate_autoregressive(model, prompt_ids, max_new_tokens, lambda logits: int(logits.argmax(-1)), stop_ids)

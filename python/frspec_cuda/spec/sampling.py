@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.llama import LlamaModel
+from ..models.llama import LlamaModel, generate_autoregressive
 
 
 def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -30,23 +30,12 @@ def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p
     return p
 
 
-@torch.no_grad()
 def generate_sample(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int, temperature: float,
                     top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
                     stop_ids: tuple[int, ...] | None = None) -> list[int]:
     """Autoregressive sampling baseline (batch 1)."""
-    stop = set(model.cfg.eos_token_ids if stop_ids is None else stop_ids)
-    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + 1)
-    cache_len = torch.zeros(1, dtype=torch.int32, device=model.device)
-    ids = torch.tensor([prompt_ids], device=model.device)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        hidden = model.forward(ids, cache, cache_len)
-        cache_len += ids.shape[1]
-        p = target_probs(model.logits(hidden[:, -1]), temperature, top_k, top_p)
-        token = int(torch.multinomial(p, 1, generator=generator))
-        out.append(token)
-        if token in stop:
-            break
-        ids = torch.tensor([[token]], device=model.device)
-    return out
+
+    def choose(logits: torch.Tensor) -> int:
+        return int(torch.multinomial(target_probs(logits, temperature, top_k, top_p), 1, generator=generator))
+
+    return generate_autoregressive(model, prompt_ids, max_new_tokens, choose, stop_ids)
