@@ -4,6 +4,8 @@
 # benchmarks; details under $OUT, a short table last.
 #   bench/device_check.sh            use the carried python/frspec_cuda/_C.so + build/gpu/bench
 #   bench/device_check.sh --build    also time the documented pip install (CUDA mode) there
+# Environment: TESTS (pytest paths, default tests), SUITES ("apb tree", default all), QUICK=1,
+# NO_EXE=1 skips the bench executables and their sanitizer runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Everything goes to $LOG; at the end it is packed into $OUT/details.tgz (the device tool
@@ -31,11 +33,11 @@ fi
 python3 -m frspec_cuda info | tee "$LOG/info.txt"
 grep -q "build mode  *cuda$" "$LOG/info.txt" && note "frspec info: CUDA mode, kernels: $(grep 'CUDA kernels' "$LOG/info.txt" | sed 's/CUDA kernels *//')" || note "frspec info: NOT in CUDA mode"
 
-python3 -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$LOG/pytest.txt" | tail -15
+python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$LOG/pytest.txt" | tail -15
 note "pytest: $(tail -1 "$LOG/pytest.txt")"
 
 for exe in build/gpu/bench/*_bench; do
-  [ -x "$exe" ] || continue
+  [ -x "$exe" ] && [ -z "${NO_EXE:-}" ] || continue
   name=$(basename "$exe")
   compute-sanitizer --tool memcheck --error-exitcode 9 "$exe" --quick >"$LOG/sanitizer_$name.txt" 2>&1
   note "compute-sanitizer memcheck $name: rc=$? $(grep -h 'ERROR SUMMARY' "$LOG/sanitizer_$name.txt")"
@@ -47,7 +49,7 @@ for tool in memcheck racecheck; do
   note "compute-sanitizer $tool (every op, bench/sanitize_ops.py): rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitizer_ops_$tool.txt")"
 done
 
-python3 -m frspec_cuda bench --json "$LOG/bench.json" 2>&1 | tee "$LOG/bench.txt"
+python3 -m frspec_cuda bench ${SUITES:-} ${QUICK:+--quick} --json "$LOG/bench.json" 2>&1 | tee "$LOG/bench.txt"
 
 cp "$LOG/bench.json" "$OUT/" 2>/dev/null
 tar -czf "$OUT/details.tgz" -C "$LOG" .

@@ -30,5 +30,11 @@ frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.ra
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),
                             torch.randn(301, 72, device=dev, dtype=torch.bfloat16),
                             torch.arange(301, device=dev, dtype=torch.int32), 7)
+from frspec_cuda.apb import apb_attention  # noqa: E402
+
+for A, L, P, Dh in ((5, 200, 77, 128), (130, 3, 9, 64)):
+    qa = torch.randn(A + L, 8, Dh, device=dev, dtype=torch.bfloat16)
+    ka = torch.randn(P + A + L, 2, Dh, device=dev, dtype=torch.bfloat16)
+    apb_attention(qa, ka, torch.randn_like(ka), A, P)
 torch.cuda.synchronize()
 print("sanitize_ops: all ops ran")

@@ -296,6 +296,43 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 int64_t anchor_len, int64_t passing_len, double scale) {
+  const at::Device device = q.device();
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}}) {
+    check_cuda(*t, name, device);
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+  }
+  const frspec::DType dtype = to_frspec_dtype(q, "q");
+  TORCH_CHECK(q.dim() == 3, "q must be [anchor_len + local_len, q_heads, head_dim], got shape ", q.sizes());
+  TORCH_CHECK(k.dim() == 3, "k must be [passing_len + anchor_len + local_len, kv_heads, head_dim], got shape ",
+              k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v shape ", v.sizes(), " must equal k shape ", k.sizes());
+  for (const auto& [t, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}})
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), name, " dtype ", t->scalar_type(), " must equal q dtype ",
+                q.scalar_type());
+  const int64_t Tq = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1);
+  TORCH_CHECK(anchor_len >= 0 && passing_len >= 0, "anchor_len and passing_len must be >= 0, got ", anchor_len, ", ",
+              passing_len);
+  TORCH_CHECK(anchor_len <= Tq, "q has ", Tq, " rows, fewer than anchor_len ", anchor_len);
+  TORCH_CHECK(k.size(0) == passing_len + Tq, "k must have passing_len + anchor_len + local_len = ", passing_len + Tq,
+              " rows, got ", k.size(0));
+  TORCH_CHECK(D == 64 || D == 128, "head_dim must be 64 or 128, got ", D);
+  TORCH_CHECK(k.size(2) == D, "k head_dim ", k.size(2), " must equal q head_dim ", D);
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "q_heads (", Hq, ") must be a multiple of kv_heads (", Hkv, ")");
+  TORCH_CHECK(Hq <= 65535, "at most 65535 query heads, got ", Hq);
+  TORCH_CHECK(Tq < (int64_t(1) << 23) && k.size(0) < (int64_t(1) << 30), "sequence too long: ", Tq, " queries, ",
+              k.size(0), " keys");
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({Tq, Hq}, q.options().dtype(at::kFloat));
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::apb_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), anchor_len, Tq - anchor_len,
+                                     passing_len, Hq, Hkv, D, static_cast<float>(scale), dtype, out.data_ptr(),
+                                     lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+               "apb_attention");
+  return {out, lse};
+}
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -321,6 +358,8 @@ TORCH_LIBRARY(frspec_cuda, m) {
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
   m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor mask, float scale,"
         " int num_splits=0) -> (Tensor out, Tensor lse)");
+  m.def("apb_attention(Tensor q, Tensor k, Tensor v, int anchor_len, int passing_len, float scale)"
+        " -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"
         " Tensor(c!) counter) -> ()");
 }
@@ -333,4 +372,5 @@ TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("verify_tree_sampling", &verify_tree_sampling);
   m.impl("compact_kv_cache", &compact_kv_cache);
   m.impl("tree_attention", &tree_attention);
+  m.impl("apb_attention", &apb_attention);
 }

@@ -1,13 +1,18 @@
-"""APB attention reference: its layout (anchor / passing / local), the plain-causal special
-case, and configuration errors. (The kernel, compressor and distributed prefill are #5.)"""
+"""APB attention: the reference's layout (anchor / passing / local) and its plain-causal
+special case; the kernel against float64 with the flash-attention rule on odd lengths,
+GQA, both dtypes and head dims; tile skipping; bad inputs."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from frspec_cuda import apb
 from frspec_cuda.reference.apb import apb_attention, apb_mask
+from conftest import poison_cuda_allocator, requires_kernel
 
 
 def test_mask_layout_by_hand():
@@ -55,3 +60,137 @@ def test_bad_configurations(anchor, passing, tk, msg):
     k = torch.randn(tk, 1, 8)
     with pytest.raises(ValueError, match=msg):
         apb_attention(q, k, k, anchor, passing)
+
+
+# ------------------------------------------------------------------------------ kernel
+
+KERNEL_CASES = [
+    # anchor, local, passing, Hq, Hkv, D
+    (0, 1, 0, 1, 1, 64),          # one query, host 0
+    (0, 37, 0, 4, 2, 128),        # plain causal, odd length
+    (5, 200, 77, 8, 2, 128),      # all three segments, nothing tile-aligned
+    (128, 384, 256, 32, 8, 128),  # tile-aligned, Llama-3 heads
+    (300, 70, 513, 4, 1, 64),     # anchor longer than local; MQA
+    (3, 129, 0, 2, 2, 64),        # anchor, no passing
+    (0, 130, 64, 6, 3, 128),      # passing, no anchor
+    (130, 0, 9, 4, 2, 64),        # anchor rows only
+    (1000, 1100, 1700, 8, 2, 128),
+]
+
+
+def _case(A, L, P, Hq, Hkv, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(A + L, Hq, D, generator=g)
+    k = torch.randn(P + A + L, Hkv, D, generator=g)
+    v = torch.randn(P + A + L, Hkv, D, generator=g)
+    return [t.to("cuda", dtype) for t in (q, k, v)]
+
+
+def _sdpa_same_dtype(q, k, v, A, P, scale):
+    """The same attention through SDPA in q's dtype with a dense mask (for the rule)."""
+    G = q.shape[1] // k.shape[1]
+    mask = apb_mask(A, q.shape[0] - A, P, q.device)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.repeat_interleave(G, 1).transpose(0, 1),
+                                         v.repeat_interleave(G, 1).transpose(0, 1), attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+@requires_kernel("apb_attention")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", range(len(KERNEL_CASES)))
+def test_kernel_flash_attention_rule(case, dtype):
+    A, L, P, Hq, Hkv, D = KERNEL_CASES[case]
+    q, k, v = _case(A, L, P, Hq, Hkv, D, dtype, seed=case)
+    scale = 1 / math.sqrt(D) if case % 2 else 0.3
+    poison_cuda_allocator()
+    out, lse = apb.apb_attention(q, k, v, A, P, scale)
+    torch.cuda.synchronize()
+    exact_out, exact_lse = apb_attention(q.double(), k.double(), v.double(), A, P, scale)
+    assert not out.isnan().any() and not lse.isnan().any(), "unwritten or NaN outputs"
+    err = (out.double() - exact_out).abs().max().item()
+    base_err = (_sdpa_same_dtype(q, k, v, A, P, scale).double() - exact_out).abs().max().item()
+    assert err <= 2 * base_err + 1e-4, (err, base_err)
+    torch.testing.assert_close(lse.double(), exact_lse, atol=2e-3, rtol=0)
+
+
+@requires_kernel("apb_attention")
+def test_kernel_never_reads_hidden_keys():
+    """Keys the layout hides (passing for anchor rows, the causal future) are made NaN: a
+    kernel that loads or multiplies them without masking would produce NaN."""
+    A, L, P = 200, 300, 150
+    q, k, v = _case(A, L, P, 8, 2, 128, torch.bfloat16, seed=7)
+    out_clean, _ = apb.apb_attention(q, k, v, A, P)
+    # An anchor-only query block (rows < 128 < A) can see keys [P, P + 128) only: poison the
+    # rest for a copy restricted to the first 128 query rows.
+    qa = q[:128].contiguous()
+    k2, v2 = k[: P + 128].clone(), v[: P + 128].clone()
+    k2[:P] = float("nan")
+    v2[:P] = float("nan")
+    out, lse = apb.apb_attention(qa, k2, v2, anchor_len=128, passing_len=P)
+    assert not out.isnan().any() and not lse.isnan().any()
+    torch.testing.assert_close(out, out_clean[:128], atol=0, rtol=0)
+
+
+@requires_kernel("apb_attention")
+def test_kernel_rejects_bad_inputs():
+    q, k, v = _case(4, 20, 6, 4, 2, 64, torch.bfloat16, seed=0)
+    op = torch.ops.frspec_cuda.apb_attention
+    with pytest.raises(RuntimeError, match="must have passing_len"):
+        op(q, k, v, 4, 5, 1.0)
+    with pytest.raises(RuntimeError, match="fewer than anchor_len"):
+        op(q, k[: 6 + 25], v[: 6 + 25], 25, 6, 1.0)
+    with pytest.raises(RuntimeError, match="head_dim must be 64 or 128"):
+        op(q[..., :32].contiguous(), k[..., :32].contiguous(), v[..., :32].contiguous(), 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match="multiple of kv_heads"):
+        op(q[:, :3].contiguous(), k, v, 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match="k dtype"):
+        op(q, k.half(), v, 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        op(q, k.transpose(0, 1).contiguous().transpose(0, 1), v, 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        op(q, k.cpu(), v, 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match=">= 0"):
+        op(q, k, v, -1, 6, 1.0)
+    with pytest.raises(RuntimeError, match="v shape"):
+        op(q, k, v[:-1].contiguous(), 4, 6, 1.0)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16|Half or BFloat16|dtype"):
+        op(q.float(), k.float(), v.float(), 4, 6, 1.0)
+
+
+@requires_kernel("apb_attention")
+def test_kernel_under_torch_compile_and_graph():
+    q, k, v = _case(64, 200, 40, 8, 2, 128, torch.bfloat16, seed=3)
+    f = torch.compile(lambda q, k, v: apb.apb_attention(q, k, v, 64, 40), fullgraph=True)
+    out, lse = f(q, k, v)
+    ref_out, ref_lse = apb.apb_attention(q, k, v, 64, 40)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = apb.apb_attention(q, k, v, 64, 40)
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    e_out, e_lse = apb.apb_attention(q, k, v, 64, 40)
+    assert torch.equal(g_out, e_out) and torch.equal(g_lse, e_lse)
+
+
+def test_attention_flops_counts_visible_pairs():
+    A, L, P, H, D = 3, 5, 4, 2, 8
+    pairs = int(apb_mask(A, L, P).sum())
+    assert apb.attention_flops(A, L, P, D, H) == 4 * D * H * pairs
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_lse_matches_reference(causal):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 4, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(11, 2, 16, generator=g, dtype=torch.float64)
+    v = torch.randn(11, 2, 16, generator=g, dtype=torch.float64)
+    out, lse = apb.attention_with_lse(q, k, v, causal_offset=8 if causal else None)
+    if causal:  # offset 8, 3 queries over 11 keys: the APB layout with passing 8, no anchor
+        ref_out, ref_lse = apb_attention(q, k, v, 0, 8)
+        torch.testing.assert_close(out, ref_out)
+        torch.testing.assert_close(lse, ref_lse)
+    else:
+        s = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(2, 1)) * 0.25
+        torch.testing.assert_close(out, torch.einsum("hqk,khd->qhd", s.softmax(-1), v.repeat_interleave(2, 1)))
+        torch.testing.assert_close(lse, torch.logsumexp(s, -1).T)

@@ -10,7 +10,7 @@ from . import _library, reference
 
 # Ops that have a CUDA kernel in csrc/ (`frspec info` reports which are loaded).
 KERNEL_OPS = ("merge_attention_states", "fr_lm_head_topk", "build_dynamic_tree", "tree_attention",
-              "verify_tree_greedy", "verify_tree_sampling", "compact_kv_cache")
+              "verify_tree_greedy", "verify_tree_sampling", "compact_kv_cache", "apb_attention")
 
 
 def merge_attention_states(

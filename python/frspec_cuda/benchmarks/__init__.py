@@ -4,6 +4,6 @@ Each module exposes `run(device, quick) -> list[dict]`, rows that name the
 implementation, its time and its ratio to the ceiling measured in the same run.
 """
 
-from . import lm_head_topk, merge_states, tree
+from . import apb, lm_head_topk, merge_states, tree
 
-SUITES = {"merge_states": merge_states.run, "lm_head_topk": lm_head_topk.run, "tree": tree.run}
+SUITES = {"merge_states": merge_states.run, "lm_head_topk": lm_head_topk.run, "tree": tree.run, "apb": apb.run}

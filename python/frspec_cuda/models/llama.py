@@ -273,6 +273,39 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     return LlamaModel(cfg, weights)
 
 
+LLAMA3_8B = dict(arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                 num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
+                 max_position_embeddings=131072,
+                 rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192})
+
+
+def random_model(cfg: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", std: float = 0.02) -> LlamaModel:
+    """Random weights of the config's shapes (tests, benchmarks at real model sizes).
+    Generated on `device` in `dtype` directly so an 8B model does not pass through fp32."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype) * std
+
+    def norm():
+        return 1.0 + torch.randn(H, generator=g, device=device, dtype=dtype) * 0.1
+
+    layers = []
+    for _ in range(cfg.num_layers):
+        lw = {"q": rnd(Hq * D, H), "k": rnd(Hkv * D, H), "v": rnd(Hkv * D, H), "o": rnd(H, Hq * D),
+              "gate": rnd(I, H), "up": rnd(I, H), "down": rnd(H, I), "input_norm": norm(), "post_norm": norm()}
+        if cfg.attention_bias:
+            lw.update(q_bias=rnd(Hq * D), k_bias=rnd(Hkv * D), v_bias=rnd(Hkv * D))
+        layers.append(lw)
+    weights = {"embed": rnd(cfg.vocab_size, H) * 50, "layers": layers, "norm": norm()}
+    if not cfg.tie_word_embeddings:
+        weights["lm_head"] = rnd(cfg.vocab_size, H)
+    return LlamaModel(cfg, weights)
+
+
 @torch.no_grad()
 def generate_autoregressive(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
                             choose: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...] | None = None) -> list[int]:

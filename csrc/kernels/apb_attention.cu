@@ -1,0 +1,39 @@
+// Instantiations and launcher of APB host attention (see frspec/apb_attention.cuh).
+#include "frspec/apb_attention.cuh"
+#include "frspec/ops.h"
+
+namespace frspec {
+
+template <typename T, int D>
+static cudaError_t launch_apb(const ApbParams& p, cudaStream_t stream) {
+  const size_t smem = ApbSmem<D>::kBytes;
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(apb_attention_kernel<T, D>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid(p.Hq, p.q_tiles);  // heads fastest: the G heads of one KV head run side by side (L2 reuse)
+  apb_attention_kernel<T, D><<<grid, kApbThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t anchor_len, int64_t local_len,
+                          int64_t passing_len, int64_t Hq, int64_t Hkv, int64_t D, float scale, DType dtype,
+                          void* out, float* lse, cudaStream_t stream) {
+  const int64_t Tq = anchor_len + local_len, Tk = passing_len + Tq;
+  if (anchor_len < 0 || local_len < 0 || passing_len < 0 || Hkv < 1 || Hq < 1 || Hq % Hkv != 0 ||
+      (D != 64 && D != 128) || Tk * Hq * D >= (int64_t(1) << 40) || Tk >= (int64_t(1) << 30) || Hq > 65535)
+    return cudaErrorInvalidValue;
+  if (!is_aligned(q, 16) || !is_aligned(k, 16) || !is_aligned(v, 16) || !is_aligned(out, 16))
+    return cudaErrorMisalignedAddress;
+  if (Tq == 0) return cudaSuccess;
+  ApbParams p{};
+  p.q = q, p.k = k, p.v = v, p.out = out, p.lse = lse;
+  p.Tq = static_cast<int>(Tq), p.Tk = static_cast<int>(Tk), p.Hq = static_cast<int>(Hq), p.Hkv = static_cast<int>(Hkv);
+  p.anchor_len = static_cast<int>(anchor_len), p.passing_len = static_cast<int>(passing_len);
+  p.q_tiles = static_cast<int>(ceil_div(Tq, kApbRows));
+  if (p.q_tiles > 65535) return cudaErrorInvalidValue;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  const bool bf16 = dtype == DType::kBFloat16;
+  if (D == 128) return bf16 ? launch_apb<__nv_bfloat16, 128>(p, stream) : launch_apb<__half, 128>(p, stream);
+  return bf16 ? launch_apb<__nv_bfloat16, 64>(p, stream) : launch_apb<__half, 64>(p, stream);
+}
+
+}  // namespace frspec

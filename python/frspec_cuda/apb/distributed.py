@@ -1,0 +1,158 @@
+"""APB on torch.distributed: one host per rank (NCCL between GPUs, gloo on CPU).
+
+    torchrun --nproc-per-node 2 -m frspec_cuda.apb.distributed --config tiny --context-len 4096
+
+runs a prefill + greedy decode and prints one JSON line of timings from rank 0 (with
+`--full-baseline`, also a full causal prefill of the same context on rank 0's GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+from ..models.llama import LLAMA3_8B, LlamaModel, ModelConfig, apply_rope, random_model, rms_norm
+from .host import ApbConfig, ApbResult, ApbRunner, DistributedComm
+
+# Small shapes for tests and smoke runs (head_dim 64 so the GPU kernel applies).
+TINY = dict(arch="llama", vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=64, rope_theta=10000.0, max_position_embeddings=1 << 20)
+CONFIGS = {"tiny": TINY, "llama3-8b": LLAMA3_8B}
+
+
+def _check_same_on_all_ranks(comm: DistributedComm, fields: dict[str, int], device) -> None:
+    """Every rank must run the same request: compare a few integers across ranks."""
+    mine = torch.tensor(list(fields.values()), dtype=torch.long, device=device)
+    allv = comm.all_gather([mine])
+    for r, other in enumerate(allv):
+        if not torch.equal(other, mine):
+            diff = {k: (int(a), int(b)) for k, a, b in zip(fields, mine.tolist(), other.tolist()) if a != b}
+            raise ValueError(f"rank {comm.rank} and rank {r} disagree on the request: {diff} (mine, theirs)")
+    comm.seconds = 0.0
+
+
+def distributed_generate(model: LlamaModel, context_ids: list[int], cfg: ApbConfig, max_new_tokens: int, *,
+                         group=None, **kw) -> ApbResult:
+    """APB prefill + decode with this rank as host `rank`. Every rank passes the same
+    context, config and arguments; every rank returns the same tokens."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised (launch with torchrun, or call init_process_group)")
+    comm = DistributedComm(group)
+    if comm.num_hosts != cfg.num_hosts:
+        raise ValueError(f"world size {comm.num_hosts} does not match ApbConfig.num_hosts {cfg.num_hosts}")
+    q = list(kw.get("query_ids") or [])
+    _check_same_on_all_ranks(comm, {
+        "context_len": len(context_ids), "context_crc": zlib.crc32(bytes(str(context_ids), "ascii")),
+        "query_len": len(q), "anchor_len": cfg.anchor_len, "passing_len": cfg.passing_len,
+        "max_new_tokens": max_new_tokens, "vocab_size": model.cfg.vocab_size, "num_layers": model.cfg.num_layers},
+        model.device)
+    runner = ApbRunner(model, cfg, comm=comm, ranks=[comm.rank], retaining_heads=kw.pop("retaining_heads", None))
+    return runner.generate(context_ids, max_new_tokens, **kw)
+
+
+@torch.no_grad()
+def full_causal_prefill(model: LlamaModel, ids: torch.Tensor, mlp_chunk: int = 16384) -> torch.Tensor:
+    """Baseline: the whole context on one device with causal SDPA (flash), layer by layer,
+    without a dense mask. Returns the last token's final-normed hidden state."""
+    m, c = model, model.cfg
+    T = ids.numel()
+    x = F.embedding(ids.to(m.device), m.w["embed"])
+    pos = torch.arange(T, device=m.device).unsqueeze(0)
+    for lw in m.w["layers"]:
+        h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
+        q = F.linear(h, lw["q"], lw.get("q_bias")).view(1, T, c.num_heads, c.head_dim)
+        k = F.linear(h, lw["k"], lw.get("k_bias")).view(1, T, c.num_kv_heads, c.head_dim)
+        v = F.linear(h, lw["v"], lw.get("v_bias")).view(1, T, c.num_kv_heads, c.head_dim)
+        q, k = apply_rope(q, pos, m.inv_freq), apply_rope(k, pos, m.inv_freq)
+        G = c.num_heads // c.num_kv_heads
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(G, 2).transpose(1, 2),
+                                              v.repeat_interleave(G, 2).transpose(1, 2), is_causal=True)
+        x = x + F.linear(attn.transpose(1, 2).reshape(T, -1), lw["o"])
+        for s in range(0, T, mlp_chunk):
+            xs = x[s:s + mlp_chunk]
+            hs = rms_norm(xs, lw["post_norm"], c.rms_norm_eps)
+            x[s:s + mlp_chunk] = xs + F.linear(F.silu(F.linear(hs, lw["gate"])) * F.linear(hs, lw["up"]), lw["down"])
+    return rms_norm(x[-1:], m.w["norm"], c.rms_norm_eps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(prog="python -m frspec_cuda.apb.distributed", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="random weights of this shape")
+    ap.add_argument("--context-len", type=int, default=4096)
+    ap.add_argument("--anchor", type=int, default=None, help="anchor_len (default: block / 4)")
+    ap.add_argument("--passing", type=int, default=None, help="passing_len (default: block / 8)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
+    ap.add_argument("--full-baseline", action="store_true", help="also time a full causal prefill on rank 0")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs (after one warm-up)")
+    ap.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
+    args = ap.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if cuda else "fp32")]
+    mcfg = ModelConfig(**CONFIGS[args.config])
+    model = random_model(mcfg, seed=0, dtype=dtype, device=dev)
+    n = args.context_len
+    block = -(-n // world)
+    cfg = ApbConfig(world, anchor_len=block // 4 if args.anchor is None else args.anchor,
+                    passing_len=block // 8 if args.passing is None else args.passing)
+    ids = torch.randint(0, mcfg.vocab_size, (n,), generator=torch.Generator().manual_seed(1)).tolist()
+    results = []
+    for it in range(args.repeats + 1):
+        dist.barrier()
+        res = distributed_generate(model, ids, cfg, args.new_tokens)
+        if it > 0:
+            results.append(res)
+    best = min(results, key=lambda r: r.prefill_s)
+    line = {"world": world, "backend": backend, "config": args.config, "context_len": n, "dtype": str(dtype),
+            "anchor_len": cfg.anchor_len, "passing_len": cfg.passing_len, "block": block,
+            "prefill_s": best.prefill_s, "prefill_comm_s": best.prefill_comm_s,
+            "prefill_tok_s": n / best.prefill_s, "decode_steps": best.decode_steps,
+            "decode_step_ms": 1e3 * best.decode_s / max(best.decode_steps, 1),
+            "decode_comm_ms": 1e3 * best.decode_comm_s / max(best.decode_steps, 1), "tokens": best.tokens[:8]}
+    if args.full_baseline and rank == 0:
+        del results
+        t = torch.tensor(ids)
+        times = []
+        for it in range(args.repeats + 1):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            full_causal_prefill(model, t)
+            if cuda:
+                torch.cuda.synchronize()
+            if it > 0:
+                times.append(time.perf_counter() - t0)
+        line["full_prefill_s"] = min(times)
+        line["speedup_vs_full"] = min(times) / best.prefill_s
+    dist.barrier()
+    if rank == 0:
+        text = json.dumps(line)
+        print(text, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(text + "\n")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
