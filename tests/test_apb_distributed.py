@@ -173,3 +173,27 @@ def test_gpu_simulation_tracks_the_full_model():
                                        torch.zeros(1, dtype=torch.int32, device="cuda"))[:, -1])[0].cpu()
     cos = torch.nn.functional.cosine_similarity(res.first_logits, exact, dim=0).item()
     assert cos > 0.999, cos
+
+
+def _ring_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from frspec_cuda.apb.distributed import ring_prefill
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = small_model(seed=6)
+        hidden = ring_prefill(model, torch.tensor(ids_of(96, seed=6)))
+        if hidden is not None:
+            torch.save(model.logits(hidden)[0], os.path.join(out_dir, "ring.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [3])
+def test_ring_attention_baseline_is_exact(tmp_path, world):
+    mp.spawn(_ring_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    model = small_model(seed=6)
+    torch.testing.assert_close(torch.load(tmp_path / "ring.pt"), full_logits(model, ids_of(96, seed=6)),
+                               rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
     torchrun --nproc-per-node 2 -m frspec_cuda.apb.distributed --config tiny --context-len 4096
 
 runs a prefill + greedy decode and prints one JSON line of timings from rank 0 (with
-`--full-baseline`, also a full causal prefill of the same context on rank 0's GPU).
+`--full-baseline`, also a full causal prefill of the same context on rank 0's GPU; with
+`--ring-baseline`, a ring-attention prefill over the same ranks).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .host import ApbConfig, ApbResult, ApbRunner, DistributedComm
 TINY = dict(arch="llama", vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
             num_kv_heads=2, head_dim=64, rope_theta=10000.0, max_position_embeddings=1 << 20)
 CONFIGS = {"tiny": TINY, "llama3-8b": LLAMA3_8B}
+# context -> (anchor_len, passing_len): APB's 8-host settings (32K, 128K, 512K; FACTS.md), 64K in between
+PAPER_SETTINGS = {32768: (1024, 512), 65536: (2048, 1024), 131072: (4096, 2048), 524288: (8192, 8192)}
 
 
 def _check_same_on_all_ranks(comm: DistributedComm, fields: dict[str, int], device) -> None:
@@ -83,6 +86,71 @@ def full_causal_prefill(model: LlamaModel, ids: torch.Tensor, mlp_chunk: int = 1
     return rms_norm(x[-1:], m.w["norm"], c.rms_norm_eps)
 
 
+def _attend_block(q, k, v, causal: bool):
+    """q [T, Hq, D] over one K/V block [T', Hkv, D] -> out [T, Hq, D], lse [T, Hq] fp32.
+    CUDA: the flash kernel behind SDPA (it returns the LSE); CPU: PyTorch."""
+    if q.is_cuda:
+        G = q.shape[1] // k.shape[1]
+        qt = q.transpose(0, 1)[None]
+        kt = k.repeat_interleave(G, 1).transpose(0, 1)[None]
+        vt = v.repeat_interleave(G, 1).transpose(0, 1)[None]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, causal)[:2]
+        return out[0].transpose(0, 1).contiguous(), lse[0].transpose(0, 1).float().contiguous()
+    from .attention import attention_with_lse
+
+    return attention_with_lse(q, k, v, causal_offset=0 if causal else None)
+
+
+@torch.no_grad()
+def ring_prefill(model: LlamaModel, ids: torch.Tensor, group=None) -> torch.Tensor | None:
+    """Ring-attention baseline: rank r holds block r of the context (equal blocks); per
+    layer the K/V blocks travel rank to rank (batch_isend_irecv, overlapped with the
+    attention on the block in hand) and partial results merge with
+    `merge_attention_states`. Exact causal attention; no load balancing (rank r attends
+    r + 1 blocks). Returns the last token's final-normed hidden on the last rank, else None."""
+    import torch.distributed as dist
+
+    from .. import ops
+
+    m, c = model, model.cfg
+    H, r = dist.get_world_size(group), dist.get_rank(group)
+    n = ids.numel()
+    if n % H:
+        raise ValueError(f"ring prefill needs the context ({n}) to be a multiple of the world size ({H})")
+    L = n // H
+    nxt, prv = (r + 1) % H, (r - 1) % H
+    if group is not None:
+        nxt, prv = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prv)
+    x = F.embedding(ids[r * L:(r + 1) * L].to(m.device), m.w["embed"])
+    pos = torch.arange(r * L, (r + 1) * L, device=m.device).unsqueeze(0)
+    for lw in m.w["layers"]:
+        h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
+        q = F.linear(h, lw["q"], lw.get("q_bias")).view(1, L, c.num_heads, c.head_dim)
+        k = F.linear(h, lw["k"], lw.get("k_bias")).view(1, L, c.num_kv_heads, c.head_dim)
+        v = F.linear(h, lw["v"], lw.get("v_bias")).view(1, L, c.num_kv_heads, c.head_dim)
+        q, k = apply_rope(q, pos, m.inv_freq)[0], apply_rope(k, pos, m.inv_freq)[0]
+        kv = torch.stack([k, v[0]])
+        out = lse = None
+        for step in range(H):
+            src = (r - step) % H  # whose block `kv` is
+            reqs = []
+            if step < H - 1:  # pass the block on while attending to it
+                recv = torch.empty_like(kv)
+                reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, nxt, group),
+                                               dist.P2POp(dist.irecv, recv, prv, group)])
+            if src <= r:
+                o, l_ = _attend_block(q, kv[0], kv[1], causal=src == r)
+                out, lse = (o, l_) if out is None else ops.merge_attention_states(out, lse, o.to(out.dtype), l_)
+            for req in reqs:  # on NCCL this orders the stream; the host does not block
+                req.wait()
+            if reqs:
+                kv = recv
+        x = x + F.linear(out.reshape(L, -1), lw["o"])
+        h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
+        x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
+    return rms_norm(x[-1:], m.w["norm"], c.rms_norm_eps) if r == H - 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
@@ -94,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
     ap.add_argument("--full-baseline", action="store_true", help="also time a full causal prefill on rank 0")
+    ap.add_argument("--ring-baseline", action="store_true", help="also time a ring-attention prefill on all ranks")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs (after one warm-up)")
     ap.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
     args = ap.parse_args(argv)
@@ -112,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     model = random_model(mcfg, seed=0, dtype=dtype, device=dev)
     n = args.context_len
     block = -(-n // world)
-    cfg = ApbConfig(world, anchor_len=block // 4 if args.anchor is None else args.anchor,
-                    passing_len=block // 8 if args.passing is None else args.passing)
+    # APB's per-context settings where the paper gives them, else anchor = block / 4, passing = block / 8
+    A0, P0 = PAPER_SETTINGS.get(n, (block // 4, block // 8))
+    cfg = ApbConfig(world, anchor_len=min(A0, block) if args.anchor is None else args.anchor,
+                    passing_len=min(P0, block) if args.passing is None else args.passing)
     ids = torch.randint(0, mcfg.vocab_size, (n,), generator=torch.Generator().manual_seed(1)).tolist()
     results = []
     for it in range(args.repeats + 1):
@@ -128,8 +199,22 @@ def main(argv: list[str] | None = None) -> int:
             "prefill_tok_s": n / best.prefill_s, "decode_steps": best.decode_steps,
             "decode_step_ms": 1e3 * best.decode_s / max(best.decode_steps, 1),
             "decode_comm_ms": 1e3 * best.decode_comm_s / max(best.decode_steps, 1), "tokens": best.tokens[:8]}
+    del results
+    sync = (lambda: torch.cuda.synchronize()) if cuda else (lambda: None)
+    if args.ring_baseline and n % world == 0:
+        times = []
+        for it in range(args.repeats + 1):
+            dist.barrier()
+            sync()
+            t0 = time.perf_counter()
+            ring_prefill(model, torch.tensor(ids))
+            sync()
+            dist.barrier()
+            if it > 0:
+                times.append(time.perf_counter() - t0)
+        line["ring_prefill_s"] = min(times)
+        line["speedup_vs_ring"] = min(times) / best.prefill_s
     if args.full_baseline and rank == 0:
-        del results
         t = torch.tensor(ids)
         times = []
         for it in range(args.repeats + 1):
