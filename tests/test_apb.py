@@ -194,3 +194,21 @@ def test_attention_with_lse_matches_reference(causal):
         s = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(2, 1)) * 0.25
         torch.testing.assert_close(out, torch.einsum("hqk,khd->qhd", s.softmax(-1), v.repeat_interleave(2, 1)))
         torch.testing.assert_close(lse, torch.logsumexp(s, -1).T)
+
+
+@requires_kernel("apb_attention")
+@pytest.mark.parametrize("T,causal", [(1, False), (1, True), (5, True), (5, False)])
+def test_attention_with_lse_on_gpu(T, causal):
+    """The decode-phase attention: one query on the split-K kernel, T causal rows on the
+    APB kernel, the rest in PyTorch; all against float64."""
+    g = torch.Generator().manual_seed(T)
+    Tk = 3000
+    q = torch.randn(T, 32, 128, generator=g).to("cuda", torch.bfloat16)
+    k = torch.randn(Tk, 8, 128, generator=g).to("cuda", torch.bfloat16)
+    v = torch.randn(Tk, 8, 128, generator=g).to("cuda", torch.bfloat16)
+    off = Tk - T if causal else None
+    out, lse = apb.attention_with_lse(q, k, v, causal_offset=off)
+    exact_out, exact_lse = apb.attention_with_lse(q.double(), k.double(), v.double(), causal_offset=off)
+    bf16_err = (exact_out.to(torch.bfloat16).double() - exact_out).abs().max().item()
+    assert (out.double() - exact_out).abs().max().item() <= 2 * bf16_err + 1e-3
+    torch.testing.assert_close(lse.double(), exact_lse, atol=2e-3, rtol=0)

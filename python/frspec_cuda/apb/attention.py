@@ -38,6 +38,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
             torch.float16, torch.bfloat16):
         if causal_offset is not None and causal_offset + Tq == Tk:
             return apb_attention(q, k.contiguous(), v.contiguous(), 0, causal_offset, scale)
+        if Tq == 1 and (causal_offset is None or causal_offset + 1 >= Tk) and _library.has_kernel("tree_attention"):
+            return _decode_attention(q, k, v, scale)
         if causal_offset is None and Tq == 1:
             return apb_attention(q, k.contiguous(), v.contiguous(), 0, Tk - 1, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -51,6 +53,19 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)
     out = torch.einsum("hqk,khd->qhd", p, v.to(acc).repeat_interleave(G, 1))
     return out.to(q.dtype), lse.T.contiguous().to(torch.float32 if acc == torch.float32 else acc)
+
+
+def _decode_attention(q, k, v, scale):
+    """One query over all of k, v [Tk, Hkv, D] on the split-K tree-attention kernel (a
+    one-node tree whose own key is the last one): fills the GPU where a 128-row prefill
+    tile would hold a single row."""
+    from .. import tree
+
+    Tk = k.shape[0]
+    cache_len = torch.full((1,), Tk - 1, dtype=torch.int32, device=q.device)
+    mask = torch.ones(1, 1, 1, dtype=torch.long, device=q.device)
+    out, lse = tree.tree_attention(q[None], k[None], v[None], cache_len, mask, scale, validate=False)
+    return out[0], lse[0]
 
 
 def attention_flops(anchor_len: int, local_len: int, passing_len: int, head_dim: int, q_heads: int) -> float:

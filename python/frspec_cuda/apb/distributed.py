@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
     ap.add_argument("--full-baseline", action="store_true", help="also time a full causal prefill on rank 0")
     ap.add_argument("--ring-baseline", action="store_true", help="also time a ring-attention prefill on all ranks")
+    ap.add_argument("--star-baseline", action="store_true",
+                    help="also time Star Attention's prefill (APB with the same anchor and no passing blocks)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs (after one warm-up)")
     ap.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
     args = ap.parse_args(argv)
@@ -200,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             "decode_step_ms": 1e3 * best.decode_s / max(best.decode_steps, 1),
             "decode_comm_ms": 1e3 * best.decode_comm_s / max(best.decode_steps, 1), "tokens": best.tokens[:8]}
     del results
+    if args.star_baseline:
+        star_cfg = ApbConfig(world, anchor_len=cfg.anchor_len, passing_len=0)
+        star = [distributed_generate(model, ids, star_cfg, 1) for _ in range(args.repeats + 1)][1:]
+        line["star_prefill_s"] = min(r.prefill_s for r in star)
+        line["speedup_vs_star"] = line["star_prefill_s"] / best.prefill_s
     sync = (lambda: torch.cuda.synchronize()) if cuda else (lambda: None)
     if args.ring_baseline and n % world == 0:
         times = []
