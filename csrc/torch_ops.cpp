@@ -297,7 +297,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
 }
 
 std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 int64_t anchor_len, int64_t passing_len, double scale) {
+                                                 int64_t anchor_len, int64_t passing_len, double scale,
+                                                 int64_t impl) {
   const at::Device device = q.device();
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}}) {
     check_cuda(*t, name, device);
@@ -321,6 +322,7 @@ std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::
   TORCH_CHECK(k.size(2) == D, "k head_dim ", k.size(2), " must equal q head_dim ", D);
   TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "q_heads (", Hq, ") must be a multiple of kv_heads (", Hkv, ")");
   TORCH_CHECK(Hq <= 65535, "at most 65535 query heads, got ", Hq);
+  TORCH_CHECK(impl >= 0 && impl <= 2, "impl must be 0 (auto), 1 (mma.sync) or 2 (wgmma), got ", impl);
   TORCH_CHECK(Tq < (int64_t(1) << 23) && k.size(0) < (int64_t(1) << 30), "sequence too long: ", Tq, " queries, ",
               k.size(0), " keys");
   at::Tensor out = at::empty_like(q);
@@ -328,7 +330,8 @@ std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::
   const c10::cuda::CUDAGuard guard(device);
   check_launch(frspec::apb_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), anchor_len, Tq - anchor_len,
                                      passing_len, Hq, Hkv, D, static_cast<float>(scale), dtype, out.data_ptr(),
-                                     lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+                                     lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream(),
+                                     static_cast<frspec::ApbImpl>(impl)),
                "apb_attention");
   return {out, lse};
 }
@@ -358,7 +361,7 @@ TORCH_LIBRARY(frspec_cuda, m) {
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
   m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor mask, float scale,"
         " int num_splits=0) -> (Tensor out, Tensor lse)");
-  m.def("apb_attention(Tensor q, Tensor k, Tensor v, int anchor_len, int passing_len, float scale)"
+  m.def("apb_attention(Tensor q, Tensor k, Tensor v, int anchor_len, int passing_len, float scale, int impl=0)"
         " -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"
         " Tensor(c!) counter) -> ()");

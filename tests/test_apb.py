@@ -96,14 +96,15 @@ def _sdpa_same_dtype(q, k, v, A, P, scale):
 
 
 @requires_kernel("apb_attention")
+@pytest.mark.parametrize("impl", ["mma", "auto"])  # auto: wgmma on H100 for D = 128
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(KERNEL_CASES)))
-def test_kernel_flash_attention_rule(case, dtype):
+def test_kernel_flash_attention_rule(case, dtype, impl):
     A, L, P, Hq, Hkv, D = KERNEL_CASES[case]
     q, k, v = _case(A, L, P, Hq, Hkv, D, dtype, seed=case)
     scale = 1 / math.sqrt(D) if case % 2 else 0.3
     poison_cuda_allocator()
-    out, lse = apb.apb_attention(q, k, v, A, P, scale)
+    out, lse = apb.apb_attention(q, k, v, A, P, scale, impl=impl)
     torch.cuda.synchronize()
     exact_out, exact_lse = apb_attention(q.double(), k.double(), v.double(), A, P, scale)
     assert not out.isnan().any() and not lse.isnan().any(), "unwritten or NaN outputs"
@@ -114,19 +115,34 @@ def test_kernel_flash_attention_rule(case, dtype):
 
 
 @requires_kernel("apb_attention")
-def test_kernel_never_reads_hidden_keys():
+def test_wgmma_and_mma_kernels_agree():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs a compute capability 9.0 GPU")
+    q, k, v = _case(4096, 1000, 3000, 32, 8, 128, torch.bfloat16, seed=11)
+    a_out, a_lse = apb.apb_attention(q, k, v, 4096, 3000, impl="wgmma")
+    b_out, b_lse = apb.apb_attention(q, k, v, 4096, 3000, impl="mma")
+    torch.testing.assert_close(a_out, b_out, atol=1.6e-2, rtol=0)
+    torch.testing.assert_close(a_lse, b_lse, atol=1e-3, rtol=0)
+    with pytest.raises(RuntimeError, match="apb_attention"):  # no wgmma kernel for head_dim 64
+        apb.apb_attention(q[..., :64].contiguous(), k[..., :64].contiguous(), v[..., :64].contiguous(), 4096,
+                          3000, impl="wgmma")
+
+
+@requires_kernel("apb_attention")
+@pytest.mark.parametrize("impl", ["mma", "auto"])
+def test_kernel_never_reads_hidden_keys(impl):
     """Keys the layout hides (passing for anchor rows, the causal future) are made NaN: a
     kernel that loads or multiplies them without masking would produce NaN."""
     A, L, P = 200, 300, 150
     q, k, v = _case(A, L, P, 8, 2, 128, torch.bfloat16, seed=7)
-    out_clean, _ = apb.apb_attention(q, k, v, A, P)
+    out_clean, _ = apb.apb_attention(q, k, v, A, P, impl=impl)
     # An anchor-only query block (rows < 128 < A) can see keys [P, P + 128) only: poison the
     # rest for a copy restricted to the first 128 query rows.
     qa = q[:128].contiguous()
     k2, v2 = k[: P + 128].clone(), v[: P + 128].clone()
     k2[:P] = float("nan")
     v2[:P] = float("nan")
-    out, lse = apb.apb_attention(qa, k2, v2, anchor_len=128, passing_len=P)
+    out, lse = apb.apb_attention(qa, k2, v2, anchor_len=128, passing_len=P, impl=impl)
     assert not out.isnan().any() and not lse.isnan().any()
     torch.testing.assert_close(out, out_clean[:128], atol=0, rtol=0)
 

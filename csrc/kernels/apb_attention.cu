@@ -1,5 +1,6 @@
 // Instantiations and launcher of APB host attention (see frspec/apb_attention.cuh).
 #include "frspec/apb_attention.cuh"
+#include "frspec/apb_attention_sm90.cuh"
 #include "frspec/ops.h"
 
 namespace frspec {
@@ -14,9 +15,36 @@ static cudaError_t launch_apb(const ApbParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename T>
+static cudaError_t launch_apb_wgmma(ApbParams p, cudaStream_t stream) {
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(apb_attention_wgmma_kernel<T>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(kApbWgSmemBytes)));
+  p.q_tiles = static_cast<int>(ceil_div(p.Tq, kApbWgRows));
+  const dim3 grid(p.Hq, p.q_tiles);
+  apb_attention_wgmma_kernel<T><<<grid, kApbWgThreads, kApbWgSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// wgmma needs an sm_90a build and a compute-capability 9.0 device.
+static bool wgmma_available() {
+#ifdef FRSPEC_HAS_SM90A
+  static const bool ok = [] {
+    int dev = 0, major = 0, minor = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+           minor == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t anchor_len, int64_t local_len,
                           int64_t passing_len, int64_t Hq, int64_t Hkv, int64_t D, float scale, DType dtype,
-                          void* out, float* lse, cudaStream_t stream) {
+                          void* out, float* lse, cudaStream_t stream, ApbImpl impl) {
   const int64_t Tq = anchor_len + local_len, Tk = passing_len + Tq;
   if (anchor_len < 0 || local_len < 0 || passing_len < 0 || Hkv < 1 || Hq < 1 || Hq % Hkv != 0 ||
       (D != 64 && D != 128) || Tk * Hq * D >= (int64_t(1) << 40) || Tk >= (int64_t(1) << 30) || Hq > 65535)
@@ -32,6 +60,10 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
   if (p.q_tiles > 65535) return cudaErrorInvalidValue;
   p.scale_log2 = scale * 1.4426950408889634f;
   const bool bf16 = dtype == DType::kBFloat16;
+  const bool wgmma_ok = D == 128 && wgmma_available();
+  if (impl == ApbImpl::kWgmma && !wgmma_ok) return cudaErrorNotSupported;
+  if (wgmma_ok && impl != ApbImpl::kMma)
+    return bf16 ? launch_apb_wgmma<__nv_bfloat16>(p, stream) : launch_apb_wgmma<__half>(p, stream);
   if (D == 128) return bf16 ? launch_apb<__nv_bfloat16, 128>(p, stream) : launch_apb<__half, 128>(p, stream);
   return bf16 ? launch_apb<__nv_bfloat16, 64>(p, stream) : launch_apb<__half, 64>(p, stream);
 }

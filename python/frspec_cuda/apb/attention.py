@@ -9,21 +9,27 @@ from .. import _library
 from ..reference import apb as ref
 
 
+IMPLS = {"auto": 0, "mma": 1, "wgmma": 2}
+
+
 def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len: int, passing_len: int,
-                  scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  scale: float | None = None, *, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one APB host.
 
     q [anchor_len + local_len, Hq, D]; k, v [passing_len + anchor_len + local_len, Hkv, D].
     Anchor queries see the anchor causally; local queries see all passing keys, all anchor
     keys and the local block causally (anchor_len = passing_len = 0: causal attention).
     Returns out [Tq, Hq, D] (q's dtype) and lse [Tq, Hq] fp32 (natural log). On CUDA one
-    kernel (D 64/128, fp16/bf16, GQA, any lengths) that skips fully masked tiles; on CPU
+    kernel (D 64/128, fp16/bf16, GQA, any lengths) that skips fully masked tiles -- wgmma
+    on Hopper for D 128 (impl "auto" / "wgmma"), mma.sync otherwise (impl "mma"); on CPU
     the PyTorch reference."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not q.is_cuda:
         return ref.apb_attention(q, k, v, anchor_len, passing_len, scale)
     _library.require_kernel("apb_attention")
-    return torch.ops.frspec_cuda.apb_attention(q, k, v, int(anchor_len), int(passing_len), scale)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
+    return torch.ops.frspec_cuda.apb_attention(q, k, v, int(anchor_len), int(passing_len), scale, IMPLS[impl])
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal_offset: int | None = None,
@@ -75,7 +81,7 @@ def attention_flops(anchor_len: int, local_len: int, passing_len: int, head_dim:
     return 4.0 * head_dim * q_heads * pairs
 
 
-def _fake(q, k, v, anchor_len, passing_len, scale):
+def _fake(q, k, v, anchor_len, passing_len, scale, impl=0):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 

@@ -78,7 +78,9 @@ def kernel_rows(device, quick=False) -> list[dict]:
             flops = attention_flops(A, L, P, D, HQ)
             timed = {}
             if have:
-                timed["frspec"] = lambda: apb_attention(q, k, v, A, P)
+                timed["frspec mma.sync"] = lambda: apb_attention(q, k, v, A, P, impl="mma")
+                if torch.cuda.get_device_capability(device) == (9, 0):
+                    timed["frspec wgmma"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma")
             try:
                 timed["flex"] = _flex_call(q, k, v, A, P)
             except Exception as exc:  # noqa: BLE001 - report, keep benchmarking

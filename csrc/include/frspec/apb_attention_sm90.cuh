@@ -1,0 +1,192 @@
+// APB host attention on Hopper tensor cores (wgmma, sm_90a), head_dim 128. Same layout
+// and tile skipping as the mma.sync kernel in apb_attention.cuh; the difference is the
+// matrix engine: a CTA of two warpgroups owns 128 query rows (64 each) and walks 128-key
+// tiles. S = Q K^T is one m64n128 wgmma chain per warpgroup with Q and K read straight
+// from 128B-swizzled shared memory; O += P V takes P from registers (the S accumulators,
+// rescaled and rounded, are already in wgmma's A-fragment layout) and V from shared
+// memory as a transposed (MN-major) operand, so V is never transposed by hand. K/V tiles
+// are double-buffered with cp.async.
+#pragma once
+
+#include "frspec/apb_attention.cuh"
+#include "frspec/wgmma.cuh"
+
+namespace frspec {
+
+constexpr int kApbWgRows = 128;  // 2 warpgroups x 64 rows
+constexpr int kApbWgKeys = 128;
+constexpr int kApbWgThreads = 256;
+constexpr int kApbWgSlab = 128 * 128;                        // bytes of one [128 x 64] 16-bit slab
+constexpr int kApbWgTile = 2 * kApbWgSlab;                   // [128 x 128]: two slabs
+constexpr size_t kApbWgSmemBytes = 5 * kApbWgTile + 1024;    // Q, K x 2, V x 2 (+ alignment)
+
+// Copy a [128 rows x 128] tile (rows from `src_row(r)`, 16-bit elements) into the swizzled
+// layout with cp.async; rows with ok(r) false are zero-filled.
+template <typename T, typename RowPtr, typename RowOk>
+__device__ __forceinline__ void apb_wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk ok) {
+  for (int c = threadIdx.x; c < 128 * 16; c += kApbWgThreads) {
+    const int r = c >> 4, chunk = c & 15;
+    const bool valid = ok(r);
+    const T* src = src_row(valid ? r : 0) + chunk * 8;
+    cp_async_16(dst + (chunk >> 3) * kApbWgSlab + swizzle_128b(r, chunk & 7), src, valid ? 16 : 0);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(const ApbParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 128;
+  extern __shared__ uint8_t apb_wg_smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(apb_wg_smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* q_s = smem;
+  uint8_t* k_s = smem + kApbWgTile;      // 2 stages
+  uint8_t* v_s = smem + 3 * kApbWgTile;  // 2 stages
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, tig = lane % 4;
+  const int hq = blockIdx.x, hk = hq / (p.Hq / p.Hkv);
+  const int tile = p.q_tiles - 1 - static_cast<int>(blockIdx.y);
+  const int q0 = tile * kApbWgRows, q_last = min(q0 + kApbWgRows, p.Tq) - 1;
+  const int A = p.anchor_len, P = p.passing_len;
+  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(hq) * D;
+  const T* kg = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
+  const T* vg = static_cast<const T*>(p.v) + static_cast<int64_t>(hk) * D;
+
+  int kbeg, kend;
+  apb_key_range(q0, q_last, A, P, kbeg, kend);
+  const int n_tiles = (kend - kbeg + kApbWgKeys - 1) / kApbWgKeys;
+
+  apb_wg_load_tile<T>(q_s, [&](int r) { return qg + static_cast<int64_t>(q0 + r) * q_stride; },
+                      [&](int r) { return q0 + r <= q_last; });
+  auto load_kv = [&](int j, int buf) {
+    const int k0 = kbeg + j * kApbWgKeys;
+    auto ok = [&](int r) { return k0 + r < kend; };
+    apb_wg_load_tile<T>(k_s + buf * kApbWgTile, [&](int r) { return kg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
+    apb_wg_load_tile<T>(v_s + buf * kApbWgTile, [&](int r) { return vg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
+    cp_async_commit();
+  };
+  load_kv(n_tiles - 1, 0);  // (the Q copies join this first group)
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int row_base = q0 + wg * 64 + warp * 16 + g;  // this thread's rows: row_base, row_base + 8
+
+  int buf = 0;
+  for (int j = n_tiles - 1; j >= 0; --j) {
+    if (j > 0) {
+      load_kv(j - 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async_smem();  // cp.async writes -> visible to the tensor cores' async proxy
+    __syncthreads();
+    const int k0 = kbeg + j * kApbWgKeys;
+
+    // S = Q K^T for this warpgroup's 64 rows x 128 keys.
+    float s[64];
+    wgmma_fence();
+    wgmma_fence_operands(s);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int slab = kk / 4, off = (kk % 4) * 32;
+      const uint64_t da = wgmma_desc(q_s + slab * kApbWgSlab + wg * 64 * 128 + off, 16, 1024);
+      const uint64_t db = wgmma_desc(k_s + buf * kApbWgTile + slab * kApbWgSlab + off, 16, 1024);
+      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+
+    const bool full = k0 + kApbWgKeys - 1 <= P + q0 && (q0 >= A || k0 >= P) && k0 + kApbWgKeys <= kend;
+    if (full) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) s[i] *= p.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
+        const int q = row_base + ((i >> 1) & 1) * 8;
+        const bool ok = key < kend && key <= P + q && (q >= A || key >= P);
+        s[i] = ok ? s[i] * p.scale_log2 : -INFINITY;
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float mx = m[e];
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float ref = mx == -INFINITY ? 0.f : mx;
+      alpha[e] = exp2f(m[e] - ref);
+      m[e] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb) {
+        s[4 * jb + 2 * e] = exp2f(s[4 * jb + 2 * e] - ref);
+        s[4 * jb + 2 * e + 1] = exp2f(s[4 * jb + 2 * e + 1] - ref);
+        sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
+      }
+      l[e] = l[e] * alpha[e] + sum;
+    }
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb) {
+      o[4 * jb + 0] *= alpha[0];
+      o[4 * jb + 1] *= alpha[0];
+      o[4 * jb + 2] *= alpha[1];
+      o[4 * jb + 3] *= alpha[1];
+    }
+    // O += P V, 16 keys per step; V is the transposed (MN-major) B operand.
+    uint32_t pf[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    wgmma_fence();
+    wgmma_fence_operands(o);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t db = wgmma_desc(v_s + buf * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
+      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
+    __syncthreads();  // both warpgroups are done with this stage before it is refilled
+    buf ^= 1;
+  }
+
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+  }
+  T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int q = row_base + e * 8;
+    if (q > q_last) continue;
+    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
+    T* orow = og + static_cast<int64_t>(q) * q_stride;
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb)
+      *reinterpret_cast<uint32_t*>(orow + jb * 8 + 2 * tig) = pack2<T>(o[4 * jb + 2 * e] * inv, o[4 * jb + 2 * e + 1] * inv);
+    if (tig == 0) {
+      constexpr float kLn2 = 0.69314718055994531f;
+      p.lse[static_cast<int64_t>(q) * p.Hq + hq] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
+    }
+  }
+#else
+  __trap();  // built without sm_90a: the launcher never picks this kernel
+#endif
+}
+
+}  // namespace frspec
