@@ -96,11 +96,18 @@ def _sdpa_same_dtype(q, k, v, A, P, scale):
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["mma", "auto"])  # auto: wgmma on H100 for D = 128
+def _needs_wgmma(impl, D=128):
+    if impl.startswith("wgmma") and (D != 128 or torch.cuda.get_device_capability() != (9, 0)):
+        pytest.skip("the wgmma kernels need head_dim 128 on a compute capability 9.0 GPU")
+
+
+@requires_kernel("apb_attention")
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "auto"])  # auto: warp-specialised wgmma on H100, D = 128
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(KERNEL_CASES)))
 def test_kernel_flash_attention_rule(case, dtype, impl):
     A, L, P, Hq, Hkv, D = KERNEL_CASES[case]
+    _needs_wgmma(impl, D)
     q, k, v = _case(A, L, P, Hq, Hkv, D, dtype, seed=case)
     scale = 1 / math.sqrt(D) if case % 2 else 0.3
     poison_cuda_allocator()
@@ -115,22 +122,23 @@ def test_kernel_flash_attention_rule(case, dtype, impl):
 
 
 @requires_kernel("apb_attention")
-def test_wgmma_and_mma_kernels_agree():
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("wgmma needs a compute capability 9.0 GPU")
+@pytest.mark.parametrize("impl", ["wgmma", "wgmma_ws"])
+def test_wgmma_and_mma_kernels_agree(impl):
+    _needs_wgmma(impl)
     q, k, v = _case(4096, 1000, 3000, 32, 8, 128, torch.bfloat16, seed=11)
-    a_out, a_lse = apb.apb_attention(q, k, v, 4096, 3000, impl="wgmma")
+    a_out, a_lse = apb.apb_attention(q, k, v, 4096, 3000, impl=impl)
     b_out, b_lse = apb.apb_attention(q, k, v, 4096, 3000, impl="mma")
     torch.testing.assert_close(a_out, b_out, atol=1.6e-2, rtol=0)
     torch.testing.assert_close(a_lse, b_lse, atol=1e-3, rtol=0)
     with pytest.raises(RuntimeError, match="apb_attention"):  # no wgmma kernel for head_dim 64
         apb.apb_attention(q[..., :64].contiguous(), k[..., :64].contiguous(), v[..., :64].contiguous(), 4096,
-                          3000, impl="wgmma")
+                          3000, impl=impl)
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["mma", "auto"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "auto"])
 def test_kernel_never_reads_hidden_keys(impl):
+    _needs_wgmma(impl)
     """Keys the layout hides (passing for anchor rows, the causal future) are made NaN: a
     kernel that loads or multiplies them without masking would produce NaN."""
     A, L, P = 200, 300, 150

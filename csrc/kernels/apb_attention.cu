@@ -1,4 +1,7 @@
-// Instantiations and launcher of APB host attention (see frspec/apb_attention.cuh).
+// Instantiations and launcher of APB host attention (see frspec/apb_attention.cuh and
+// frspec/apb_attention_sm90.cuh).
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include "frspec/apb_attention.cuh"
 #include "frspec/apb_attention_sm90.cuh"
 #include "frspec/ops.h"
@@ -23,6 +26,49 @@ static cudaError_t launch_apb_wgmma(ApbParams p, cudaStream_t stream) {
   p.q_tiles = static_cast<int>(ceil_div(p.Tq, kApbWgRows));
   const dim3 grid(p.Hq, p.q_tiles);
   apb_attention_wgmma_kernel<T><<<grid, kApbWgThreads, kApbWgSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// The driver's tensor-map encoder, found through the runtime (no libcuda link needed).
+static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// [rows, cols] 16-bit matrix, boxes of 128 rows x 64 columns (128 bytes: the swizzle span).
+static bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {64, 128};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename T>
+static cudaError_t launch_apb_ws(ApbParams p, int64_t Tq, int64_t Tk, cudaStream_t stream) {
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  CUtensorMap tq, tk, tv;
+  if (!encode_rows_map(&tq, p.q, Tq, int64_t(p.Hq) * 128, bf16) ||
+      !encode_rows_map(&tk, p.k, Tk, int64_t(p.Hkv) * 128, bf16) ||
+      !encode_rows_map(&tv, p.v, Tk, int64_t(p.Hkv) * 128, bf16))
+    return cudaErrorNotSupported;
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(apb_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(kApbWsSmemBytes)));
+  p.q_tiles = static_cast<int>(ceil_div(p.Tq, kApbWgRows));
+  const dim3 grid(p.Hq, p.q_tiles);
+  apb_attention_ws_kernel<T><<<grid, kApbWsThreads, kApbWsSmemBytes, stream>>>(tq, tk, tv, p);
   return cudaGetLastError();
 }
 
@@ -61,9 +107,11 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
   p.scale_log2 = scale * 1.4426950408889634f;
   const bool bf16 = dtype == DType::kBFloat16;
   const bool wgmma_ok = D == 128 && wgmma_available();
-  if (impl == ApbImpl::kWgmma && !wgmma_ok) return cudaErrorNotSupported;
-  if (wgmma_ok && impl != ApbImpl::kMma)
+  if ((impl == ApbImpl::kWgmma || impl == ApbImpl::kWgmmaWs) && !wgmma_ok) return cudaErrorNotSupported;
+  if (wgmma_ok && impl == ApbImpl::kWgmma)
     return bf16 ? launch_apb_wgmma<__nv_bfloat16>(p, stream) : launch_apb_wgmma<__half>(p, stream);
+  if (wgmma_ok && impl != ApbImpl::kMma)
+    return bf16 ? launch_apb_ws<__nv_bfloat16>(p, Tq, Tk, stream) : launch_apb_ws<__half>(p, Tq, Tk, stream);
   if (D == 128) return bf16 ? launch_apb<__nv_bfloat16, 128>(p, stream) : launch_apb<__half, 128>(p, stream);
   return bf16 ? launch_apb<__nv_bfloat16, 64>(p, stream) : launch_apb<__half, 64>(p, stream);
 }

@@ -8,6 +8,8 @@
 // are double-buffered with cp.async.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (the type only; no driver library linked)
+
 #include "frspec/apb_attention.cuh"
 #include "frspec/wgmma.cuh"
 
@@ -169,6 +171,197 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
     l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
     l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
   }
+  T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int q = row_base + e * 8;
+    if (q > q_last) continue;
+    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
+    T* orow = og + static_cast<int64_t>(q) * q_stride;
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb)
+      *reinterpret_cast<uint32_t*>(orow + jb * 8 + 2 * tig) = pack2<T>(o[4 * jb + 2 * e] * inv, o[4 * jb + 2 * e + 1] * inv);
+    if (tig == 0) {
+      constexpr float kLn2 = 0.69314718055994531f;
+      p.lse[static_cast<int64_t>(q) * p.Hq + hq] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
+    }
+  }
+#else
+  __trap();  // built without sm_90a: the launcher never picks this kernel
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Warp-specialised version (FlashAttention-3's structure, without its intra-warpgroup
+// overlap): warpgroup 0 is a producer whose one thread streams Q once and the K/V tiles
+// through a 2-stage ring with TMA (bulk tensor copies, 128B-swizzled into exactly the
+// layout wgmma reads, out-of-range rows zero-filled), each stage guarded by "full"
+// (transaction-count) and "empty" (consumer release) mbarriers. Warpgroups 1 and 2 are the
+// consumers (64 query rows each) and never wait for each other, so one's softmax overlaps
+// the other's tensor-core work. Registers move from producer to consumers (setmaxnreg).
+constexpr int kApbWsThreads = 384;
+constexpr size_t kApbWsSmemBytes = 5 * kApbWgTile + 1024 + 128;
+
+template <typename T>
+__global__ void __launch_bounds__(kApbWsThreads, 1)
+    apb_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                            const __grid_constant__ CUtensorMap tm_v, const ApbParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 128;
+  extern __shared__ uint8_t apb_ws_smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(apb_ws_smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* q_s = smem;
+  uint8_t* k_s = smem + kApbWgTile;      // 2 stages
+  uint8_t* v_s = smem + 3 * kApbWgTile;  // 2 stages
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + 5 * kApbWgTile);
+  uint64_t* q_full = bars;
+  uint64_t* k_full = bars + 1;   // [2]
+  uint64_t* v_full = bars + 3;   // [2]
+  uint64_t* k_empty = bars + 5;  // [2]
+  uint64_t* v_empty = bars + 7;  // [2]
+
+  const int wg = threadIdx.x / 128;
+  const int hq = blockIdx.x, hk = hq / (p.Hq / p.Hkv);
+  const int tile = p.q_tiles - 1 - static_cast<int>(blockIdx.y);
+  const int q0 = tile * kApbWgRows, q_last = min(q0 + kApbWgRows, p.Tq) - 1;
+  const int A = p.anchor_len, P = p.passing_len;
+  int kbeg, kend;
+  apb_key_range(q0, q_last, A, P, kbeg, kend);
+  const int n_tiles = (kend - kbeg + kApbWgKeys - 1) / kApbWgKeys;
+
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&k_empty[s], 8);  // one arrival per consumer warp
+      mbar_init(&v_empty[s], 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ------------------------------------------------------------ producer
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect_tx(q_full, kApbWgTile);
+      tma_load_2d(q_s, &tm_q, hq * D, q0, q_full);
+      tma_load_2d(q_s + kApbWgSlab, &tm_q, hq * D + 64, q0, q_full);
+      for (int it = 0; it < n_tiles; ++it) {
+        const int st = it & 1;
+        const int k0 = kbeg + (n_tiles - 1 - it) * kApbWgKeys;
+        if (it >= 2) mbar_wait(&k_empty[st], ((it >> 1) - 1) & 1);
+        mbar_arrive_expect_tx(&k_full[st], kApbWgTile);
+        tma_load_2d(k_s + st * kApbWgTile, &tm_k, hk * D, k0, &k_full[st]);
+        tma_load_2d(k_s + st * kApbWgTile + kApbWgSlab, &tm_k, hk * D + 64, k0, &k_full[st]);
+        if (it >= 2) mbar_wait(&v_empty[st], ((it >> 1) - 1) & 1);
+        mbar_arrive_expect_tx(&v_full[st], kApbWgTile);
+        tma_load_2d(v_s + st * kApbWgTile, &tm_v, hk * D, k0, &v_full[st]);
+        tma_load_2d(v_s + st * kApbWgTile + kApbWgSlab, &tm_v, hk * D + 64, k0, &v_full[st]);
+      }
+    }
+    return;
+  }
+  // ------------------------------------------------------------------------- consumers
+  setmaxnreg_inc<232>();
+  const int c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, tig = lane % 4;
+  const int row_base = q0 + c * 64 + warp * 16 + g;  // rows row_base and row_base + 8
+  const float sl2 = p.scale_log2;
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  mbar_wait(q_full, 0);
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int st = it & 1;
+    const uint32_t parity = (it >> 1) & 1;
+    const int k0 = kbeg + (n_tiles - 1 - it) * kApbWgKeys;
+    mbar_wait(&k_full[st], parity);
+    float s[64];
+    wgmma_fence();
+    wgmma_fence_operands(s);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int slab = kk / 4, off = (kk % 4) * 32;
+      const uint64_t da = wgmma_desc(q_s + slab * kApbWgSlab + c * 64 * 128 + off, 16, 1024);
+      const uint64_t db = wgmma_desc(k_s + st * kApbWgTile + slab * kApbWgSlab + off, 16, 1024);
+      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&k_empty[st]);
+
+    const bool full = k0 + kApbWgKeys - 1 <= P + q0 && (q0 >= A || k0 >= P) && k0 + kApbWgKeys <= kend;
+    if (!full) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
+        const int q = row_base + ((i >> 1) & 1) * 8;
+        if (!(key < kend && key <= P + q && (q >= A || key >= P))) s[i] = -INFINITY;
+      }
+    }
+    // Online softmax in base 2 with the scale folded into one FMA per score.
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[e], mx * sl2);
+      const float ref = m_new == -INFINITY ? 0.f : m_new;
+      alpha[e] = exp2f(m[e] - ref);
+      m[e] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb) {
+        s[4 * jb + 2 * e] = exp2f(fmaf(s[4 * jb + 2 * e], sl2, -ref));
+        s[4 * jb + 2 * e + 1] = exp2f(fmaf(s[4 * jb + 2 * e + 1], sl2, -ref));
+        sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
+      }
+      l[e] = l[e] * alpha[e] + sum;
+    }
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb) {
+      o[4 * jb + 0] *= alpha[0];
+      o[4 * jb + 1] *= alpha[0];
+      o[4 * jb + 2] *= alpha[1];
+      o[4 * jb + 3] *= alpha[1];
+    }
+    uint32_t pf[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    mbar_wait(&v_full[st], parity);
+    wgmma_fence();
+    wgmma_fence_operands(o);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t db = wgmma_desc(v_s + st * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
+      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&v_empty[st]);
+  }
+
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+  }
+  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
   T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
