@@ -102,7 +102,7 @@ def _needs_wgmma(impl, D=128):
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["mma", "wgmma", "auto"])  # auto: warp-specialised wgmma on H100, D = 128
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong", "auto"])  # auto: wgmma on H100, D 128
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(KERNEL_CASES)))
 def test_kernel_flash_attention_rule(case, dtype, impl):
@@ -122,7 +122,7 @@ def test_kernel_flash_attention_rule(case, dtype, impl):
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["wgmma", "wgmma_ws"])
+@pytest.mark.parametrize("impl", ["wgmma", "wgmma_ws", "wgmma_pingpong", "auto"])
 def test_wgmma_and_mma_kernels_agree(impl):
     _needs_wgmma(impl)
     q, k, v = _case(4096, 1000, 3000, 32, 8, 128, torch.bfloat16, seed=11)
@@ -130,13 +130,14 @@ def test_wgmma_and_mma_kernels_agree(impl):
     b_out, b_lse = apb.apb_attention(q, k, v, 4096, 3000, impl="mma")
     torch.testing.assert_close(a_out, b_out, atol=1.6e-2, rtol=0)
     torch.testing.assert_close(a_lse, b_lse, atol=1e-3, rtol=0)
-    with pytest.raises(RuntimeError, match="apb_attention"):  # no wgmma kernel for head_dim 64
-        apb.apb_attention(q[..., :64].contiguous(), k[..., :64].contiguous(), v[..., :64].contiguous(), 4096,
-                          3000, impl=impl)
+    if impl != "auto":  # no wgmma kernel for head_dim 64 ("auto" falls back to mma.sync there)
+        with pytest.raises(RuntimeError, match="apb_attention"):
+            apb.apb_attention(q[..., :64].contiguous(), k[..., :64].contiguous(), v[..., :64].contiguous(), 4096,
+                              3000, impl=impl)
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["mma", "wgmma", "auto"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong", "auto"])
 def test_kernel_never_reads_hidden_keys(impl):
     _needs_wgmma(impl)
     """Keys the layout hides (passing for anchor rows, the causal future) are made NaN: a

@@ -56,7 +56,7 @@ static bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, in
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T>
+template <typename T, int kSched>
 static cudaError_t launch_apb_ws(ApbParams p, int64_t Tq, int64_t Tk, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap tq, tk, tv;
@@ -64,11 +64,12 @@ static cudaError_t launch_apb_ws(ApbParams p, int64_t Tq, int64_t Tk, cudaStream
       !encode_rows_map(&tk, p.k, Tk, int64_t(p.Hkv) * 128, bf16) ||
       !encode_rows_map(&tv, p.v, Tk, int64_t(p.Hkv) * 128, bf16))
     return cudaErrorNotSupported;
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(apb_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(apb_attention_ws_kernel<T, kSched>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(kApbWsSmemBytes)));
   p.q_tiles = static_cast<int>(ceil_div(p.Tq, kApbWgRows));
   const dim3 grid(p.Hq, p.q_tiles);
-  apb_attention_ws_kernel<T><<<grid, kApbWsThreads, kApbWsSmemBytes, stream>>>(tq, tk, tv, p);
+  apb_attention_ws_kernel<T, kSched><<<grid, kApbWsThreads, kApbWsSmemBytes, stream>>>(tq, tk, tv, p);
   return cudaGetLastError();
 }
 
@@ -107,11 +108,15 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
   p.scale_log2 = scale * 1.4426950408889634f;
   const bool bf16 = dtype == DType::kBFloat16;
   const bool wgmma_ok = D == 128 && wgmma_available();
-  if ((impl == ApbImpl::kWgmma || impl == ApbImpl::kWgmmaWs) && !wgmma_ok) return cudaErrorNotSupported;
+  if (impl != ApbImpl::kAuto && impl != ApbImpl::kMma && !wgmma_ok) return cudaErrorNotSupported;
   if (wgmma_ok && impl == ApbImpl::kWgmma)
     return bf16 ? launch_apb_wgmma<__nv_bfloat16>(p, stream) : launch_apb_wgmma<__half>(p, stream);
-  if (wgmma_ok && impl != ApbImpl::kMma)
-    return bf16 ? launch_apb_ws<__nv_bfloat16>(p, Tq, Tk, stream) : launch_apb_ws<__half>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl == ApbImpl::kWgmmaWs)
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 0>(p, Tq, Tk, stream) : launch_apb_ws<__half, 0>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl == ApbImpl::kWgmmaPingpong)
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 1>(p, Tq, Tk, stream) : launch_apb_ws<__half, 1>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl != ApbImpl::kMma)  // auto
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 2>(p, Tq, Tk, stream) : launch_apb_ws<__half, 2>(p, Tq, Tk, stream);
   if (D == 128) return bf16 ? launch_apb<__nv_bfloat16, 128>(p, stream) : launch_apb<__half, 128>(p, stream);
   return bf16 ? launch_apb<__nv_bfloat16, 64>(p, stream) : launch_apb<__half, 64>(p, stream);
 }

@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
 constexpr int kApbWsThreads = 384;
 constexpr size_t kApbWsSmemBytes = 5 * kApbWgTile + 1024 + 128;
 
-template <typename T>
+template <typename T, int kSched>
 __global__ void __launch_bounds__(kApbWsThreads, 1)
     apb_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const ApbParams p) {
@@ -273,12 +273,34 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   for (int i = 0; i < 64; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   mbar_wait(q_full, 0);
+  // kSched 1, 2: the consumers take turns issuing their GEMMs (named barriers 1 and 2), so
+  // one's softmax runs under the other's tensor-core work. kSched 2 also issues tile j-1's
+  // P V together with tile j's Q K^T in one window.
+  if (kSched > 0 && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
+  uint32_t pf[8][4];
+  int prev_st = 0;
+  uint32_t prev_parity = 0;
+  auto issue_pv = [&](int stage) {
+    wgmma_fence();
+    wgmma_fence_operands(o);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t db = wgmma_desc(v_s + stage * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
+      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+    }
+    wgmma_commit();
+  };
 
   for (int it = 0; it < n_tiles; ++it) {
     const int st = it & 1;
     const uint32_t parity = (it >> 1) & 1;
     const int k0 = kbeg + (n_tiles - 1 - it) * kApbWgKeys;
     mbar_wait(&k_full[st], parity);
+    if (kSched > 0) named_bar_sync(1 + c, 256);
+    if (kSched == 2 && it > 0) {
+      mbar_wait(&v_full[prev_st], prev_parity);
+      issue_pv(prev_st);
+    }
     float s[64];
     wgmma_fence();
     wgmma_fence_operands(s);
@@ -290,10 +312,15 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
     }
     wgmma_commit();
+    if (kSched > 0 && !(c == 1 && it == n_tiles - 1)) named_bar_arrive(2 - c, 256);  // the other's turn
     wgmma_wait<0>();
     wgmma_fence_operands(s);
+    if (kSched == 2) wgmma_fence_operands(o);
     __syncwarp();
-    if (lane == 0) mbar_arrive(&k_empty[st]);
+    if (lane == 0) {
+      mbar_arrive(&k_empty[st]);
+      if (kSched == 2 && it > 0) mbar_arrive(&v_empty[prev_st]);
+    }
 
     const bool full = k0 + kApbWgKeys - 1 <= P + q0 && (q0 >= A || k0 >= P) && k0 + kApbWgKeys <= kend;
     if (!full) {
@@ -333,7 +360,6 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       o[4 * jb + 2] *= alpha[1];
       o[4 * jb + 3] *= alpha[1];
     }
-    uint32_t pf[8][4];
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
@@ -341,19 +367,22 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
       pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
     }
-    mbar_wait(&v_full[st], parity);
-    wgmma_fence();
-    wgmma_fence_operands(o);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t db = wgmma_desc(v_s + st * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
-      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+    if (kSched < 2) {
+      mbar_wait(&v_full[st], parity);
+      issue_pv(st);
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&v_empty[st]);
     }
-    wgmma_commit();
+    prev_st = st;
+    prev_parity = parity;
+  }
+  if (kSched == 2) {  // the last tile's P V
+    mbar_wait(&v_full[prev_st], prev_parity);
+    issue_pv(prev_st);
     wgmma_wait<0>();
     wgmma_fence_operands(o);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&v_empty[st]);
   }
 
 #pragma unroll
