@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -5
 contexts=${*:-32768 65536 131072}
 for n in $contexts; do
-  reps=2; [ "$n" -ge 131072 ] && reps=1
+  reps=1
   timeout 280 torchrun --standalone --nproc-per-node "$NGPU" -m frspec_cuda.apb.distributed --config llama3-8b \
     --context-len "$n" --new-tokens 65 --full-baseline --ring-baseline --star-baseline --repeats $reps \
     --json "$OUT/apb_multi_gpu.jsonl" 2>&1 | grep -vE "^W1|^\*+$|OMP_NUM_THREADS" | tail -5

@@ -9,7 +9,7 @@ from .. import _library
 from ..reference import apb as ref
 
 
-IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_ws": 3, "wgmma_pingpong": 4}
+IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_ws": 3, "wgmma_pingpong": 4, "wgmma_pingpong_windows": 5}
 
 
 def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len: int, passing_len: int,
@@ -21,9 +21,9 @@ def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len:
     keys and the local block causally (anchor_len = passing_len = 0: causal attention).
     Returns out [Tq, Hq, D] (q's dtype) and lse [Tq, Hq] fp32 (natural log). On CUDA one
     kernel (D 64/128, fp16/bf16, GQA, any lengths) that skips fully masked tiles: on Hopper
-    with D 128 a warp-specialised TMA + wgmma kernel ("auto"), else mma.sync ("mma");
-    "wgmma", "wgmma_ws", "wgmma_pingpong" are the steps towards "auto", kept for
-    measurement (bench/NOTES.md). On CPU the PyTorch reference."""
+    with D 128 the warp-specialised TMA + wgmma kernel ("auto" = "wgmma_ws"), else
+    mma.sync ("mma"); "wgmma", "wgmma_pingpong", "wgmma_pingpong_windows" are variants kept
+    for measurement (bench/NOTES.md). On CPU the PyTorch reference."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not q.is_cuda:
         return ref.apb_attention(q, k, v, anchor_len, passing_len, scale)
