@@ -35,7 +35,7 @@ from frspec_cuda.apb import apb_attention  # noqa: E402
 for A, L, P, Dh in ((5, 200, 77, 128), (130, 3, 9, 64)):
     qa = torch.randn(A + L, 8, Dh, device=dev, dtype=torch.bfloat16)
     ka = torch.randn(P + A + L, 2, Dh, device=dev, dtype=torch.bfloat16)
-    for impl in ("mma", "auto") if Dh == 64 else ("mma", "wgmma", "wgmma_pingpong", "wgmma_pingpong_windows", "auto"):
+    for impl in ("mma", "auto") if Dh == 64 else ("mma", "wgmma", "wgmma_ws", "wgmma_pingpong_windows", "auto"):
         apb_attention(qa, ka, torch.randn_like(ka), A, P, impl=impl)
 torch.cuda.synchronize()
 print("sanitize_ops: all ops ran")

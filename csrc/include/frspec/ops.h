@@ -90,12 +90,12 @@ namespace frspec {
 // python/frspec_cuda/reference/apb.py). q [anchor_len + local_len, Hq, D];
 // k, v [passing_len + anchor_len + local_len, Hkv, D]; out like q; lse [Tq, Hq] fp32
 // (natural log). All contiguous, 16-byte aligned. D in {64, 128}, Hq % Hkv == 0,
-// any lengths (Tq < 2^23). impl: kAuto = the warp-specialised TMA + wgmma kernel
-// (kWgmmaWs) on sm_90a builds running on compute capability 9.0 with D == 128, else
-// mma.sync (kMma). Kept for measurement: kWgmma (every warp loads, then computes),
-// kWgmmaPingpong (consumers take turns issuing GEMMs), kWgmmaPingpongWindows (+ P V of
-// tile j-1 issued with Q K^T of tile j). A wgmma kind where unavailable returns
-// cudaErrorNotSupported.
+// any lengths (Tq < 2^23). impl: kAuto = the warp-specialised TMA + wgmma kernel with
+// ping-pong consumers (kWgmmaPingpong) on sm_90a builds running on compute capability 9.0
+// with D == 128, else mma.sync (kMma). Kept for measurement: kWgmma (every warp loads,
+// then computes), kWgmmaWs (producer warpgroup + TMA, consumers unsynchronised),
+// kWgmmaPingpongWindows (+ P V of tile j-1 issued with Q K^T of tile j). A wgmma kind
+// where unavailable returns cudaErrorNotSupported.
 enum class ApbImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaWs = 3, kWgmmaPingpong = 4, kWgmmaPingpongWindows = 5 };
 cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t anchor_len, int64_t local_len,
                           int64_t passing_len, int64_t Hq, int64_t Hkv, int64_t D, float scale, DType dtype,

@@ -81,10 +81,10 @@ def kernel_rows(device, quick=False) -> list[dict]:
                 timed["frspec mma.sync"] = lambda: apb_attention(q, k, v, A, P, impl="mma")
                 if torch.cuda.get_device_capability(device) == (9, 0):
                     timed["frspec wgmma"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma")
-                    timed["frspec wgmma pingpong"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma_pingpong")
+                    timed["frspec wgmma ws"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma_ws")
                     timed["frspec wgmma pingpong+windows"] = lambda: apb_attention(
                         q, k, v, A, P, impl="wgmma_pingpong_windows")
-                    timed["frspec (auto = wgmma ws)"] = lambda: apb_attention(q, k, v, A, P)
+                    timed["frspec (auto = wgmma pingpong)"] = lambda: apb_attention(q, k, v, A, P)
             try:
                 timed["flex"] = _flex_call(q, k, v, A, P)
             except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
