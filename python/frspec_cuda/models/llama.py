@@ -145,7 +145,8 @@ class LlamaModel:
 
     def forward(self, input_ids: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
                 num_layers: int | None = None, *, slots: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, visible: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, visible: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, final_norm: bool = True) -> torch.Tensor:
         """Run the decoder over new tokens input_ids [B, T] and return final-normed hidden
         states [B, T, hidden] (`logits()` applies the LM head).
 
@@ -155,7 +156,9 @@ class LlamaModel:
         goes), `positions` [B, T] (RoPE) and `visible` [B, T, max_len] (which cache slots each
         token attends to, its own included). cache_len is never advanced here: the caller
         commits tokens, so drafts and rejected tree nodes are simply forgotten.
-        `num_layers` runs only the first layers (self-draft)."""
+        `num_layers` runs only the first layers (self-draft). EAGLE heads pass their own
+        `inputs_embeds` [B, T, hidden] and take the output without the final norm; a layer
+        without an "input_norm" weight skips that norm (EAGLE-1/2's first layer)."""
         c = self.cfg
         B, T = input_ids.shape
         L_max = kv_cache.shape[3]
@@ -168,12 +171,12 @@ class LlamaModel:
             positions = slots
         if visible is None:  # causal: slot j is visible to token t iff j <= its slot
             visible = torch.arange(L_max, device=dev).view(1, 1, L_max) <= slots.unsqueeze(-1)
-        x = F.embedding(input_ids, self.w["embed"])
+        x = F.embedding(input_ids, self.w["embed"]) if inputs_embeds is None else inputs_embeds
         n_layers = c.num_layers if num_layers is None else num_layers
         idx = slots.view(B, T, 1, 1).expand(B, T, c.num_kv_heads, c.head_dim)
         for i in range(n_layers):
             lw = self.w["layers"][i]
-            h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
+            h = rms_norm(x, lw["input_norm"], c.rms_norm_eps) if "input_norm" in lw else x
             q = F.linear(h, lw["q"], lw.get("q_bias")).view(B, T, c.num_heads, c.head_dim)
             k = F.linear(h, lw["k"], lw.get("k_bias")).view(B, T, c.num_kv_heads, c.head_dim)
             v = F.linear(h, lw["v"], lw.get("v_bias")).view(B, T, c.num_kv_heads, c.head_dim)
@@ -187,7 +190,7 @@ class LlamaModel:
             x = x + F.linear(attn, lw["o"])
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
             x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
-        return rms_norm(x, self.w["norm"], c.rms_norm_eps)
+        return rms_norm(x, self.w["norm"], c.rms_norm_eps) if final_norm else x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.lm_head).float()

@@ -10,8 +10,10 @@ Cache convention: a cache holds every committed token except the last one, the *
 which is the next input; cache_len counts the cached tokens.
 
 One step:
-1. Draft (self-draft: the target's first `draft_layers` layers + final norm + the
-   FR-sliced LM head): expand the root, then `depth - 1` times the `topk` best beams,
+1. Draft with an EAGLE-1/2 head (`models.eagle`: token + the target's feature of the
+   previous position, one decoder layer; its draft positions sit one behind the target's)
+   or the self-draft (the target's first `draft_layers` layers + final norm), scored by the
+   FR-sliced LM head: expand the root, then `depth - 1` times the `topk` best beams,
    logging every candidate (token, parent candidate, cumulative log-prob).
 2. `build_dynamic_tree` keeps the root + the `num_nodes - 1` best candidates.
 3. The target scores all tree nodes in one forward (tree mask); `verify_tree_greedy`
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops, tree
+from ..models.eagle import EagleDraft
 from ..models.llama import LlamaModel
 from ..reference.tree import unpack_mask
 from ..vocab import FRVocab
@@ -52,7 +55,7 @@ class SpecStats:
 
 class SpeculativeGenerator:
     def __init__(self, target: LlamaModel, draft_layers: int = 1, vocab: FRVocab | None = None,
-                 depth: int = 6, topk: int = 10, num_nodes: int = 60):
+                 depth: int = 6, topk: int = 10, num_nodes: int = 60, eagle: EagleDraft | None = None):
         if not 1 <= draft_layers <= target.cfg.num_layers:
             raise ValueError(f"draft_layers must be in [1, {target.cfg.num_layers}], got {draft_layers}")
         if not (1 <= topk <= 64 and depth >= 1 and 2 <= num_nodes <= 1024):
@@ -61,7 +64,12 @@ class SpeculativeGenerator:
         history = topk + (depth - 1) * topk * topk
         if num_nodes - 1 > history:
             raise ValueError(f"num_nodes - 1 = {num_nodes - 1} exceeds the {history} candidates of depth {depth}, topk {topk}")
-        self.target, self.draft_layers = target, draft_layers
+        if eagle is not None and (eagle.cfg.hidden_size != target.cfg.hidden_size or eagle.device != target.device
+                                  or eagle.dtype != target.dtype):
+            raise ValueError(f"EAGLE head {eagle.source} (hidden {eagle.cfg.hidden_size}, {eagle.dtype}, {eagle.device})"
+                             f" does not fit the target (hidden {target.cfg.hidden_size}, {target.dtype}, "
+                             f"{target.device})")
+        self.target, self.draft_layers, self.eagle = target, draft_layers, eagle
         self.depth, self.topk, self.num_nodes = depth, topk, num_nodes
         V = target.cfg.vocab_size
         if vocab is None:
@@ -76,25 +84,37 @@ class SpeculativeGenerator:
     def _draft_topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.fr_lm_head_topk(hidden.to(self.draft_head.dtype).contiguous(), self.draft_head, self.vocab_ids, k)
 
-    def _draft(self, root: int, cache: torch.Tensor, cache_len: int):
-        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M]."""
+    def _draft_forward(self, tokens, features, cache, **attention) -> torch.Tensor:
+        zero = torch.zeros(1, dtype=torch.int32, device=self.target.device)
+        if self.eagle is not None:
+            return self.eagle.forward(tokens, features, cache, zero, **attention)
+        return self.target.forward(tokens, cache, zero, self.draft_layers, **attention)
+
+    def _draft(self, root: int, cache: torch.Tensor, cache_len: int, root_feature: torch.Tensor | None):
+        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M]. The root
+        is processed at draft slot `root_slot` (cache_len for the self-draft, one less for
+        EAGLE, whose slot i holds token i + 1), candidates at the slots after it."""
         m, dev, k = self.target, self.target.device, self.topk
         L = cache.shape[3]
-        cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
+        root_slot = cache_len - 1 if self.eagle is not None else cache_len
         h_tok: list[int] = []
         h_par: list[int] = []
         h_score: list[float] = []
         # visible[slot] rows of processed tokens, to build descendants' masks
-        base_visible = torch.arange(L, device=dev) <= cache_len  # prefix + root slot
-        root_hidden = m.forward(torch.tensor([[root]], device=dev), cache, cl, self.draft_layers)
+        base_visible = torch.arange(L, device=dev) <= root_slot  # prefix + root slot
+        feat = None if root_feature is None else root_feature.view(1, 1, -1)
+        slot = torch.tensor([[root_slot]], device=dev)
+        root_hidden = self._draft_forward(torch.tensor([[root]], device=dev), feat, cache, slots=slot, positions=slot,
+                                          visible=base_visible.view(1, 1, L))
         ids, lp = self._draft_topk(root_hidden[:, -1], k)
         for j in range(k):
             h_tok.append(int(ids[0, j]))
             h_par.append(-1)
             h_score.append(float(lp[0, j]))
         beams = list(range(k))
+        parent_out = {c: root_hidden[0, -1] for c in beams}  # EAGLE: a candidate's feature
         beam_visible = {}  # candidate -> visible row (its ancestors' slots + own)
-        next_slot = cache_len + 1
+        next_slot = root_slot + 1
         for _ in range(self.depth - 1):
             B = len(beams)
             slots = torch.arange(next_slot, next_slot + B, device=dev)
@@ -106,10 +126,11 @@ class SpeculativeGenerator:
                 beam_visible[c] = row
                 vis.append(row)
             depth_of = [self._depth(h_par, c) for c in beams]
-            hidden = m.forward(torch.tensor([[h_tok[c] for c in beams]], device=dev), cache, cl, self.draft_layers,
-                               slots=slots.unsqueeze(0),
-                               positions=torch.tensor([[cache_len + d for d in depth_of]], device=dev),
-                               visible=torch.stack(vis).unsqueeze(0))
+            feats = torch.stack([parent_out[c] for c in beams]).unsqueeze(0) if self.eagle is not None else None
+            hidden = self._draft_forward(torch.tensor([[h_tok[c] for c in beams]], device=dev), feats, cache,
+                                         slots=slots.unsqueeze(0),
+                                         positions=torch.tensor([[root_slot + d for d in depth_of]], device=dev),
+                                         visible=torch.stack(vis).unsqueeze(0))
             next_slot += B
             ids, lp = self._draft_topk(hidden[0], k)  # [B, k]
             children = []
@@ -119,6 +140,7 @@ class SpeculativeGenerator:
                     h_par.append(c)
                     h_score.append(h_score[c] + float(lp[n, j]))
                     children.append(len(h_tok) - 1)
+                    parent_out[len(h_tok) - 1] = hidden[0, n]
             beams = sorted(children, key=lambda c: (-h_score[c], c))[:k]
         return (torch.tensor([h_tok], device=dev), torch.tensor([h_par], dtype=torch.int32, device=dev),
                 torch.tensor([h_score], device=dev))
@@ -142,19 +164,30 @@ class SpeculativeGenerator:
         m, dev = self.target, self.target.device
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
         L = len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2
-        t_cache, d_cache = m.new_cache(1, L), m.new_cache(1, L)
+        eagle = self.eagle
+        if eagle is not None and len(prompt_ids) < 2:
+            raise ValueError("an EAGLE draft needs a prompt of at least 2 tokens (its input pairs each token with "
+                             "the target's feature of the previous one)")
+        t_cache = m.new_cache(1, L)
+        d_cache = eagle.new_cache(1, L) if eagle is not None else m.new_cache(1, L)
         # Prefill everything but the last prompt token (the first root) into both caches.
         prefix = torch.tensor([prompt_ids[:-1]], device=dev)
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
+        root_feature = None
         if prefix.shape[1]:
-            m.forward(prefix, t_cache, zero)
-            m.forward(prefix, d_cache, zero, self.draft_layers)
+            feats = m.forward(prefix, t_cache, zero)
+            if eagle is None:
+                m.forward(prefix, d_cache, zero, self.draft_layers)
+            else:  # pairs (x_{i+1}, h_i) for i < n - 2; the root's pair is drafted with the tree
+                if prefix.shape[1] > 1:
+                    eagle.forward(prefix[:, 1:], feats[:, :-1], d_cache, zero)
+                root_feature = feats[0, -1]
         cache_len = len(prompt_ids) - 1
         root = prompt_ids[-1]
         out: list[int] = []
         stats = SpecStats()
         while len(out) < max_new_tokens:
-            hist = self._draft(root, d_cache, cache_len)
+            hist = self._draft(root, d_cache, cache_len, root_feature)
             cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
             t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
                                         min(self.num_nodes, hist[0].shape[1] + 1))
@@ -174,8 +207,13 @@ class SpeculativeGenerator:
             path = v.accepted[0, :n_acc]
             tree.compact_kv_cache(t_cache, cl, v.accepted, v.accept_len)
             new_tokens = t.tokens[0, path[1:].long()].tolist() + [int(v.bonus[0])]
-            # Draft cache: keep the root (processed at slot cache_len), re-feed the accepted drafts.
-            if n_acc > 1:
+            # Draft cache: keep the root (processed at its slot), re-feed the accepted drafts.
+            if eagle is not None:
+                if n_acc > 1:  # (a_j, h of the node before a_j) at slots cache_len .. cache_len + n_acc - 2
+                    eagle.forward(torch.tensor([new_tokens[:-1]], device=dev), hidden[:, path[:-1].long()], d_cache,
+                                  torch.tensor([cache_len], dtype=torch.int32, device=dev))
+                root_feature = hidden[0, path[-1].long()]
+            elif n_acc > 1:
                 m.forward(torch.tensor([new_tokens[:-1]], device=dev), d_cache,
                           torch.tensor([cache_len + 1], dtype=torch.int32, device=dev), self.draft_layers)
             cache_len += n_acc

@@ -1,0 +1,128 @@
+"""EAGLE-1/2 draft heads as published (Li et al.): a `config.json` (a Llama config with
+typically one hidden layer) and `pytorch_model.bin` or `*.safetensors` holding
+
+    fc.weight [H, 2H] (+ fc.bias [H])         input = fc(cat(embed(token), feature))
+    layers.{i}.self_attn.{q,k,v,o}_proj.weight, layers.{i}.mlp.{gate,up,down}_proj.weight,
+    layers.{i}.post_attention_layernorm.weight, layers.{i}.input_layernorm.weight (absent
+    on layer 0 in EAGLE-1/2: that layer takes fc's output un-normalised)
+    embed_tokens.weight (optional; the target's embedding otherwise)
+
+The head shares the target's embedding and LM head. Its input at draft position i is the
+token x_{i+1} with the target's final-normed hidden state h_i ("feature"); its output, fed
+to the LM head without a final norm, predicts x_{i+2} and is the feature of its children
+while drafting a tree. Keys may carry a "model." prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .llama import CheckpointError, LlamaModel, ModelConfig
+
+_LAYER = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+          "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+          "down": "mlp.down_proj.weight", "post_norm": "post_attention_layernorm.weight"}
+_OPTIONAL = {"input_norm": "input_layernorm.weight", "q_bias": "self_attn.q_proj.bias",
+             "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+
+
+class EagleDraft:
+    """An EAGLE-1/2 head bound to its target (embedding, LM head, RoPE from its config)."""
+
+    def __init__(self, cfg: ModelConfig, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None,
+                 layers: list[dict[str, torch.Tensor]], embed: torch.Tensor, source: str = "eagle"):
+        self.cfg, self.fc_weight, self.fc_bias, self.source = cfg, fc_weight, fc_bias, source
+        self.embed = embed
+        # the decoder layer(s) reuse the shared Llama code; "norm" is never applied
+        self.body = LlamaModel(cfg, {"embed": embed, "layers": layers, "norm": torch.ones_like(fc_weight[:, 0])})
+        self.device, self.dtype = fc_weight.device, fc_weight.dtype
+
+    def new_cache(self, batch: int, max_len: int) -> torch.Tensor:
+        return self.body.new_cache(batch, max_len)
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
+                **attention) -> torch.Tensor:
+        """tokens [B, T], features [B, T, H] -> draft hidden states [B, T, H] (no final norm).
+        `attention` takes LlamaModel.forward's slots / positions / visible."""
+        x = torch.cat([F.embedding(tokens, self.embed), features.to(self.dtype)], dim=-1)
+        x = F.linear(x, self.fc_weight, self.fc_bias)
+        return self.body.forward(tokens, kv_cache, cache_len, inputs_embeds=x, final_norm=False, **attention)
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    st = sorted(path.glob("*.safetensors"))
+    if st:
+        from safetensors.torch import load_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for f in st:
+            try:
+                tensors.update(load_file(str(f)))
+            except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+                raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
+        return tensors, ", ".join(f.name for f in st)
+    binf = path / "pytorch_model.bin"
+    if not binf.exists():
+        raise CheckpointError(f"{path}: no pytorch_model.bin or *.safetensors (expected an EAGLE head)")
+    try:
+        tensors = torch.load(str(binf), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle / zip errors
+        raise CheckpointError(f"{binf}: cannot read ({exc})") from exc
+    if not isinstance(tensors, dict):
+        raise CheckpointError(f"{binf}: expected a state dict, got {type(tensors).__name__}")
+    return tensors, binf.name
+
+
+def load_eagle(path: str | Path, target: LlamaModel) -> EagleDraft:
+    """Load an EAGLE-1/2 head directory for `target` (same dtype and device as the target)."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{cfg_file}: not found (expected an EAGLE head directory)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: malformed JSON ({exc})") from exc
+    if not raw.get("architectures") and not raw.get("model_type"):
+        raw = {**raw, "model_type": "llama"}
+    cfg = ModelConfig.from_hf(raw, str(cfg_file))
+    t = target.cfg
+    for field in ("hidden_size", "vocab_size"):
+        if getattr(cfg, field) != getattr(t, field):
+            raise CheckpointError(f"{cfg_file}: {field} {getattr(cfg, field)} does not match the target's "
+                                  f"{getattr(t, field)}")
+    tensors, fname = _read_weights(path)
+    tensors = {k[len("model."):] if k.startswith("model.") else k: v for k, v in tensors.items()}
+    dev, dt = target.device, target.dtype
+    where = f"{path}/{fname}"
+
+    def take(key, shape, required=True):
+        if key not in tensors:
+            if required:
+                raise CheckpointError(f"{where}: weight '{key}' is missing")
+            return None
+        w = tensors[key]
+        if tuple(w.shape) != tuple(shape):
+            raise CheckpointError(f"{where}: weight '{key}' has shape {tuple(w.shape)}, expected {tuple(shape)}")
+        return w.to(device=dev, dtype=dt)
+
+    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+    shapes = {"q": (Hq * D, H), "k": (Hkv * D, H), "v": (Hkv * D, H), "o": (H, Hq * D), "gate": (I, H),
+              "up": (I, H), "down": (H, I), "post_norm": (H,), "input_norm": (H,), "q_bias": (Hq * D,),
+              "k_bias": (Hkv * D,), "v_bias": (Hkv * D,)}
+    layers = []
+    for i in range(cfg.num_layers):
+        lw = {k: take(f"layers.{i}.{name}", shapes[k]) for k, name in _LAYER.items()}
+        for k, name in _OPTIONAL.items():
+            w = take(f"layers.{i}.{name}", shapes[k], required=False)
+            if w is not None:
+                lw[k] = w
+        layers.append(lw)
+    fc_w = take("fc.weight", (H, 2 * H))
+    fc_b = take("fc.bias", (H,), required=False)
+    embed = take("embed_tokens.weight", (cfg.vocab_size, H), required=False)
+    return EagleDraft(cfg, fc_w, fc_b, layers, target.w["embed"] if embed is None else embed, source=str(path))

@@ -1,0 +1,131 @@
+"""EAGLE-1/2 draft heads in their published format (config.json + pytorch_model.bin or
+safetensors: fc + one decoder layer without input norm, sharing the target's embedding and
+LM head): speculative greedy output equals our greedy AR on 20 prompts with full and FR
+vocabularies, and malformed heads fail with errors naming the file or field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from frspec_cuda.models import CheckpointError, generate_greedy, load_model  # noqa: E402
+from frspec_cuda.models.eagle import load_eagle  # noqa: E402
+from frspec_cuda.spec import SpeculativeGenerator  # noqa: E402
+from frspec_cuda.vocab import FRVocab  # noqa: E402
+from test_models import BASE, PROMPTS, write_checkpoint  # noqa: E402
+
+
+def write_eagle(path, fmt="bin", seed=0, layers=1, drop=None, bad_shape=None, prefix="", fc_bias=True, **over):
+    """An EAGLE head for BASE's target shape, random weights, in the published layout."""
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {**BASE, "num_hidden_layers": layers, "architectures": ["LlamaForCausalLM"], **over}
+    (path / "config.json").write_text(json.dumps(cfg))
+    g = torch.Generator().manual_seed(seed)
+    H, I = cfg["hidden_size"], cfg["intermediate_size"]
+    D = H // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * D
+    rnd = lambda *s: torch.randn(*s, generator=g) * 0.15  # noqa: E731
+    t = {"fc.weight": rnd(H, 2 * H)}
+    if fc_bias:
+        t["fc.bias"] = rnd(H)
+    for i in range(layers):
+        p = f"layers.{i}."
+        t.update({p + "self_attn.q_proj.weight": rnd(H, H), p + "self_attn.k_proj.weight": rnd(kv, H),
+                  p + "self_attn.v_proj.weight": rnd(kv, H), p + "self_attn.o_proj.weight": rnd(H, H),
+                  p + "mlp.gate_proj.weight": rnd(I, H), p + "mlp.up_proj.weight": rnd(I, H),
+                  p + "mlp.down_proj.weight": rnd(H, I), p + "post_attention_layernorm.weight": 1 + rnd(H)})
+        if i > 0:
+            t[p + "input_layernorm.weight"] = 1 + rnd(H)
+    if drop:
+        del t[drop]
+    if bad_shape:
+        t[bad_shape] = torch.zeros(3, 3)
+    t = {prefix + k: v for k, v in t.items()}
+    if fmt == "bin":
+        torch.save(t, path / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(t, str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    d = tmp_path_factory.mktemp("target")
+    write_checkpoint(d, "llama", num_hidden_layers=2)
+    return load_model(d)
+
+
+@pytest.mark.parametrize("fmt,layers,vocab_size,prefix", [("bin", 1, None, ""), ("safetensors", 1, 160, "model."),
+                                                          ("bin", 2, None, "")])
+def test_eagle_spec_greedy_equals_ar(tmp_path, target, fmt, layers, vocab_size, prefix):
+    write_eagle(tmp_path / "eagle", fmt, layers=layers, prefix=prefix, fc_bias=fmt == "bin")
+    head = load_eagle(tmp_path / "eagle", target)
+    vocab = None
+    if vocab_size is not None:
+        g = torch.Generator().manual_seed(vocab_size)
+        vocab = FRVocab(torch.randperm(256, generator=g)[:vocab_size].to(torch.int32), f"random-{vocab_size}")
+    gen = SpeculativeGenerator(target, vocab=vocab, eagle=head, depth=5, topk=8, num_nodes=40)
+    steps = emitted = 0
+    for prompt in PROMPTS[1:] + [[5, 9]]:  # 20 prompts (PROMPTS[0] has 3 tokens too; a 2-token edge case added)
+        got, stats = gen.generate(prompt, 16, stop_ids=())
+        assert got == generate_greedy(target, prompt, 16, stop_ids=()), prompt
+        steps += stats.steps
+        emitted += stats.emitted
+    assert steps < emitted, "no draft token was ever accepted: the accept / re-feed path did not run"
+
+
+def test_eagle_head_drafts_better_than_chance_when_it_copies_the_target(tmp_path, target):
+    """A head whose layer is the target's layer 0 and whose fc passes the embedding through
+    drafts like a 1-layer self-draft would: acceptance well above random drafts."""
+    write_eagle(tmp_path / "e", "bin")
+    sd = torch.load(tmp_path / "e" / "pytorch_model.bin")
+    H = BASE["hidden_size"]
+    sd["fc.weight"] = torch.cat([torch.eye(H), torch.zeros(H, H)], 1)
+    sd["fc.bias"] = torch.zeros(H)
+    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    lw = target.w["layers"][0]
+    for k, n in names.items():
+        sd[f"layers.0.{n}.weight"] = lw[k]
+    sd["layers.0.post_attention_layernorm.weight"] = lw["post_norm"]
+    sd["layers.0.input_layernorm.weight"] = lw["input_norm"]
+    torch.save(sd, tmp_path / "e" / "pytorch_model.bin")
+    gen = SpeculativeGenerator(target, eagle=load_eagle(tmp_path / "e", target), depth=5, topk=8, num_nodes=40)
+    stats = [gen.generate(p, 16, stop_ids=())[1] for p in PROMPTS[:8]]
+    assert sum(s.emitted for s in stats) / sum(s.steps for s in stats) > 1.0
+
+
+def test_eagle_load_errors(tmp_path, target):
+    with pytest.raises(CheckpointError, match="config.json: not found"):
+        load_eagle(tmp_path / "none", target)
+    write_eagle(tmp_path / "a", hidden_size=32, intermediate_size=64)
+    with pytest.raises(CheckpointError, match="hidden_size 32 does not match the target's 64"):
+        load_eagle(tmp_path / "a", target)
+    write_eagle(tmp_path / "b", vocab_size=300)
+    with pytest.raises(CheckpointError, match="vocab_size 300 does not match"):
+        load_eagle(tmp_path / "b", target)
+    write_eagle(tmp_path / "c", drop="fc.weight")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: weight 'fc.weight' is missing"):
+        load_eagle(tmp_path / "c", target)
+    write_eagle(tmp_path / "d", "safetensors", bad_shape="layers.0.mlp.up_proj.weight")
+    with pytest.raises(CheckpointError, match=r"'layers.0.mlp.up_proj.weight' has shape \(3, 3\), expected \(128, 64\)"):
+        load_eagle(tmp_path / "d", target)
+    write_eagle(tmp_path / "e")
+    (tmp_path / "e" / "pytorch_model.bin").unlink()
+    with pytest.raises(CheckpointError, match="no pytorch_model.bin or"):
+        load_eagle(tmp_path / "e", target)
+    (tmp_path / "e" / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_eagle(tmp_path / "e", target)
+    (tmp_path / "e" / "config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="malformed JSON"):
+        load_eagle(tmp_path / "e", target)
+    write_eagle(tmp_path / "f")
+    gen = SpeculativeGenerator(target, eagle=load_eagle(tmp_path / "f", target))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        gen.generate([7], 4)
