@@ -56,11 +56,12 @@ def test_spec_rejects_bad_configuration(model):
         SpeculativeGenerator(model, vocab=bad)
 
 
-NEAR_TIE = 0.125  # top-2 logit gap (bf16 logits of O(5): a few bf16 ulps)
+NEAR_TIE = 0.125  # top-2 logit gap counted as a tie for logits up to 4 in magnitude (a few bf16 ulps)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path):
+@pytest.mark.parametrize("over", [{}, dict(hidden_size=256, intermediate_size=512)])  # head_dim 16 / 64 (kernel)
+def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path, over):
     """On the GPU in bf16 the tree forward and the one-token forward round differently, so
     greedy outputs may part where the target's top two logits (nearly) tie -- never
     elsewhere. Uses the CUDA kernels (draft head, tree build, verify, compaction)."""
@@ -69,7 +70,7 @@ def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path):
     if not all(_library.has_kernel(op) for op in ("fr_lm_head_topk", "build_dynamic_tree", "verify_tree_greedy",
                                                    "compact_kv_cache")):
         pytest.skip("CUDA kernels not built")
-    write_checkpoint(tmp_path, "llama", num_hidden_layers=3)
+    write_checkpoint(tmp_path, "llama", num_hidden_layers=3, **over)
     model = load_model(tmp_path, dtype=torch.bfloat16, device="cuda")
     gen = SpeculativeGenerator(model, draft_layers=2)
     same = 0
@@ -85,7 +86,8 @@ def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path):
         logits = model.logits(model.forward(ctx, cache, torch.zeros(1, dtype=torch.int32, device="cuda"))[:, -1])
         top2 = logits[0].topk(2).values
         gap = float(top2[0] - top2[1])
-        assert gap < NEAR_TIE, f"prompt {prompt}: divergence at token {j} with a top-2 gap of {gap:.3f}"
+        tie = NEAR_TIE * max(1.0, float(logits.abs().max()) / 4)  # bf16 spacing grows with the logits
+        assert gap < tie, f"prompt {prompt}: divergence at token {j} with a top-2 gap of {gap:.3f} (tie < {tie:.3f})"
     assert same >= 15, f"only {same}/20 prompts identical"
 
 

@@ -146,7 +146,8 @@ class LlamaModel:
     def forward(self, input_ids: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
                 num_layers: int | None = None, *, slots: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, visible: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, final_norm: bool = True) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, final_norm: bool = True,
+                tree_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the decoder over new tokens input_ids [B, T] and return final-normed hidden
         states [B, T, hidden] (`logits()` applies the LM head).
 
@@ -156,6 +157,10 @@ class LlamaModel:
         goes), `positions` [B, T] (RoPE) and `visible` [B, T, max_len] (which cache slots each
         token attends to, its own included). cache_len is never advanced here: the caller
         commits tokens, so drafts and rejected tree nodes are simply forgotten.
+        With `tree_mask` (packed ancestor bits from `build_dynamic_tree`) the T tokens are a
+        tree's nodes at slots cache_len + node and attention is `tree_attention` (the CUDA
+        kernel for fp16/bf16 with head_dim 64/128, the reference otherwise): each node sees
+        the whole prefix, its ancestors and itself.
         `num_layers` runs only the first layers (self-draft). EAGLE heads pass their own
         `inputs_embeds` [B, T, hidden] and take the output without the final norm; a layer
         without an "input_norm" weight skips that norm (EAGLE-1/2's first layer)."""
@@ -169,7 +174,17 @@ class LlamaModel:
             slots = cache_len.to(torch.long).unsqueeze(1) + torch.arange(T, device=dev)
         if positions is None:
             positions = slots
-        if visible is None:  # causal: slot j is visible to token t iff j <= its slot
+        use_tree_kernel = False
+        if tree_mask is not None:
+            from .. import _library, tree as tree_ops
+            from ..reference import tree as tree_ref
+
+            use_tree_kernel = (input_ids.is_cuda and c.head_dim in (64, 128) and self.dtype in (torch.float16,
+                               torch.bfloat16) and _library.has_kernel("tree_attention"))
+            tree_attention = (lambda *a: tree_ops.tree_attention(*a, validate=False)) if use_tree_kernel else \
+                tree_ref.tree_attention
+            tree_cache_len = cache_len.to(torch.int32)
+        elif visible is None:  # causal: slot j is visible to token t iff j <= its slot
             visible = torch.arange(L_max, device=dev).view(1, 1, L_max) <= slots.unsqueeze(-1)
         x = F.embedding(input_ids, self.w["embed"]) if inputs_embeds is None else inputs_embeds
         n_layers = c.num_layers if num_layers is None else num_layers
@@ -183,10 +198,14 @@ class LlamaModel:
             q, k = apply_rope(q, positions, self.inv_freq), apply_rope(k, positions, self.inv_freq)
             kv_cache[i, 0].scatter_(1, idx, k)
             kv_cache[i, 1].scatter_(1, idx, v)
-            attn = F.scaled_dot_product_attention(
-                q.transpose(1, 2), kv_cache[i, 0].transpose(1, 2), kv_cache[i, 1].transpose(1, 2),
-                attn_mask=visible.unsqueeze(1), enable_gqa=True,
-            ).transpose(1, 2).reshape(B, T, c.num_heads * c.head_dim)
+            if tree_mask is not None:
+                attn = tree_attention(q.contiguous(), kv_cache[i, 0], kv_cache[i, 1], tree_cache_len, tree_mask)[0]
+                attn = attn.reshape(B, T, c.num_heads * c.head_dim)
+            else:
+                attn = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), kv_cache[i, 0].transpose(1, 2), kv_cache[i, 1].transpose(1, 2),
+                    attn_mask=visible.unsqueeze(1), enable_gqa=True,
+                ).transpose(1, 2).reshape(B, T, c.num_heads * c.head_dim)
             x = x + F.linear(attn, lw["o"])
             h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
             x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])

@@ -16,7 +16,7 @@ One step:
    FR-sliced LM head: expand the root, then `depth - 1` times the `topk` best beams,
    logging every candidate (token, parent candidate, cumulative log-prob).
 2. `build_dynamic_tree` keeps the root + the `num_nodes - 1` best candidates.
-3. The target scores all tree nodes in one forward (tree mask); `verify_tree_greedy`
+3. The target scores all tree nodes in one forward (`tree_attention`); `verify_tree_greedy`
    accepts the longest path of argmax matches and the bonus token, or, when sampling,
    `verify_tree_sampling` checks the drafts against the target's processed probabilities
    (draft probabilities never enter, so the restricted FR vocabulary cannot bias output).
@@ -35,7 +35,6 @@ import torch
 from .. import ops, tree
 from ..models.eagle import EagleDraft
 from ..models.llama import LlamaModel
-from ..reference.tree import unpack_mask
 from ..vocab import FRVocab
 from .sampling import target_probs
 
@@ -191,12 +190,8 @@ class SpeculativeGenerator:
             cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
             t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
                                         min(self.num_nodes, hist[0].shape[1] + 1))
-            N = t.tokens.shape[1]
-            visible = torch.zeros(1, N, L, dtype=torch.bool, device=dev)
-            visible[:, :, :cache_len] = True
-            visible[:, :, cache_len : cache_len + N] = unpack_mask(t.mask, N)
-            hidden = m.forward(t.tokens, t_cache, cl, slots=cache_len + torch.arange(N, device=dev).unsqueeze(0),
-                               positions=t.positions, visible=visible)
+            # the target scores every node at once: nodes at slots cache_len + node, tree attention
+            hidden = m.forward(t.tokens, t_cache, cl, positions=t.positions, tree_mask=t.mask)
             logits = m.logits(hidden)
             if temperature > 0:
                 v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
