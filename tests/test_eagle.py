@@ -129,3 +129,24 @@ def test_eagle_load_errors(tmp_path, target):
     gen = SpeculativeGenerator(target, eagle=load_eagle(tmp_path / "f", target))
     with pytest.raises(ValueError, match="at least 2 tokens"):
         gen.generate([7], 4)
+
+
+def test_qwen2_target_with_eagle_head_equals_ar(tmp_path):
+    """A Qwen2 target (q/k/v bias) with an EAGLE head whose layer has q/k/v biases too."""
+    write_checkpoint(tmp_path / "qwen", "qwen2", num_hidden_layers=2)
+    target = load_model(tmp_path / "qwen")
+    write_eagle(tmp_path / "eagle", "safetensors")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "eagle" / "model.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    H = BASE["hidden_size"]
+    kv = BASE["num_key_value_heads"] * H // BASE["num_attention_heads"]
+    for name, n in (("q", H), ("k", kv), ("v", kv)):
+        sd[f"layers.0.self_attn.{name}_proj.bias"] = torch.randn(n, generator=g) * 0.1
+    save_file(sd, str(tmp_path / "eagle" / "model.safetensors"))
+    head = load_eagle(tmp_path / "eagle", target)
+    assert "q_bias" in head.body.w["layers"][0]
+    gen = SpeculativeGenerator(target, eagle=head, depth=4, topk=6, num_nodes=24)
+    for prompt in PROMPTS[1:]:
+        assert gen.generate(prompt, 12, stop_ids=())[0] == generate_greedy(target, prompt, 12, stop_ids=()), prompt
