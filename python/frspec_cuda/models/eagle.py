@@ -126,3 +126,25 @@ def load_eagle(path: str | Path, target: LlamaModel) -> EagleDraft:
     fc_b = take("fc.bias", (H,), required=False)
     embed = take("embed_tokens.weight", (cfg.vocab_size, H), required=False)
     return EagleDraft(cfg, fc_w, fc_b, layers, target.w["embed"] if embed is None else embed, source=str(path))
+
+
+def random_eagle(target: LlamaModel, *, layers: int = 1, seed: int = 0, std: float = 0.02) -> EagleDraft:
+    """An EAGLE-1/2 head of the target's shape with random weights (benchmarks: its cost
+    per drafting step is that of a real head; its acceptance is not)."""
+    from dataclasses import replace
+
+    cfg = replace(target.cfg, num_layers=layers)
+    g = torch.Generator(device=target.device).manual_seed(seed)
+    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device=target.device, dtype=target.dtype) * std
+
+    lws = []
+    for i in range(layers):
+        lw = {"q": rnd(Hq * D, H), "k": rnd(Hkv * D, H), "v": rnd(Hkv * D, H), "o": rnd(H, Hq * D),
+              "gate": rnd(I, H), "up": rnd(I, H), "down": rnd(H, I), "post_norm": 1 + rnd(H)}
+        if i > 0:
+            lw["input_norm"] = 1 + rnd(H)
+        lws.append(lw)
+    return EagleDraft(cfg, rnd(H, 2 * H), rnd(H), lws, target.w["embed"], source="random")

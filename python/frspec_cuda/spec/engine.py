@@ -28,6 +28,7 @@ near-ties between differently batched forwards).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,12 @@ class SpecStats:
     accepted: int = 0  # draft tokens accepted (bonus tokens not counted)
     emitted: int = 0
     accept_lengths: list[int] = field(default_factory=list)
+    # seconds per phase when generate(timing=True): drafting (draft forwards + head top-k),
+    # verification (tree build + target tree forward + verify), the rest (compaction,
+    # re-feeding the draft, bookkeeping); the device is synchronised between phases
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    other_s: float = 0.0
 
     @property
     def mean_accept_length(self) -> float:
@@ -156,7 +163,7 @@ class SpeculativeGenerator:
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None, *,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, timing: bool = False):
         """Greedy when temperature == 0 (output identical to greedy AR); otherwise lossless
         speculative sampling: each emitted token is distributed exactly as in
         `generate_sample` with the same temperature / top_k / top_p."""
@@ -185,8 +192,16 @@ class SpeculativeGenerator:
         root = prompt_ids[-1]
         out: list[int] = []
         stats = SpecStats()
+
+        def mark():
+            if timing and dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return time.perf_counter()
+
         while len(out) < max_new_tokens:
+            t0 = mark()
             hist = self._draft(root, d_cache, cache_len, root_feature)
+            t1 = mark()
             cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
             t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
                                         min(self.num_nodes, hist[0].shape[1] + 1))
@@ -199,6 +214,7 @@ class SpeculativeGenerator:
             else:
                 v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1))
             n_acc = int(v.accept_len[0])
+            t2 = mark()
             path = v.accepted[0, :n_acc]
             tree.compact_kv_cache(t_cache, cl, v.accepted, v.accept_len)
             new_tokens = t.tokens[0, path[1:].long()].tolist() + [int(v.bonus[0])]
@@ -213,6 +229,11 @@ class SpeculativeGenerator:
                           torch.tensor([cache_len + 1], dtype=torch.int32, device=dev), self.draft_layers)
             cache_len += n_acc
             root = new_tokens[-1]
+            if timing:
+                t3 = mark()
+                stats.draft_s += t1 - t0
+                stats.verify_s += t2 - t1
+                stats.other_s += t3 - t2
             stats.steps += 1
             stats.accepted += n_acc - 1
             stats.accept_lengths.append(n_acc)

@@ -1,0 +1,139 @@
+"""End-to-end decoding, batch 1 (`frspec bench e2e`; issue #4's benchmark).
+
+GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU (or
+--quick): a tiny model, prompt 32, 16 new tokens -- the harness, not a measurement.
+- ar: our autoregressive greedy decode (tok/s over the decode phase: the time of N + 1
+  tokens minus the time of 1), HF transformers `generate` on the same weights (shared, not
+  copied) and device, and the weight-read floor (weight bytes / copy bandwidth measured in
+  the run).
+- eagle2 (full-vocabulary head) and frspec (the first 32768 ids, an FR-32k stand-in): a
+  random EAGLE-1/2 head of the target's shape. Per speculative iteration: draft / verify /
+  other milliseconds (device synchronised between phases), the iteration's bytes floor
+  (target weights once + depth x (draft layer + fc + LM head rows)), mean acceptance. The
+  head is random, so acceptance is ~1 token per iteration: the split and the draft-cost
+  ratio are the results here, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models.eagle import random_eagle
+from ..models.llama import LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, random_model
+from ..spec import SpeculativeGenerator
+from ..vocab import FRVocab
+from .timing import copy_bandwidth_gbs
+
+TINY = dict(arch="llama", vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=32, max_position_embeddings=4096)
+
+
+def _hf_model(model: LlamaModel):
+    """A transformers LlamaForCausalLM whose parameters are `model`'s tensors (no copy)."""
+    import transformers
+
+    c = model.cfg
+    kw = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+              num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+              head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+              tie_word_embeddings=c.tie_word_embeddings, rope_theta=c.rope_theta)
+    if c.rope_scaling is not None:
+        kw["rope_scaling"] = dict(c.rope_scaling)
+    cfg = transformers.LlamaConfig(**kw)
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(cfg)
+    names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+             "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+             "down": "mlp.down_proj.weight", "input_norm": "input_layernorm.weight",
+             "post_norm": "post_attention_layernorm.weight"}
+    sd = {"model.embed_tokens.weight": model.w["embed"], "model.norm.weight": model.w["norm"],
+          "lm_head.weight": model.lm_head}
+    for i, lw in enumerate(model.w["layers"]):
+        sd.update({f"model.layers.{i}.{n}": lw[k] for k, n in names.items()})
+    hf.load_state_dict(sd, assign=True, strict=False)
+    # non-persistent buffers (rotary frequencies) were made on the meta device: rebuild them
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=cfg).to(model.device)  # built on CPU, then moved
+    return hf.eval()
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _weight_bytes(model: LlamaModel) -> int:
+    """Bytes a decode step reads: every layer, the final norm and the LM head (the embedding
+    contributes one row)."""
+    n = sum(t.numel() * t.element_size() for lw in model.w["layers"] for t in lw.values())
+    return n + model.lm_head.numel() * model.lm_head.element_size() + model.w["norm"].numel() * 2
+
+
+def run(device: torch.device, quick: bool = False) -> list[dict]:
+    small = quick or device.type != "cuda"
+    cfg = ModelConfig(**(TINY if small else LLAMA3_8B))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    prompt_len, new = (32, 16) if small else (512, 256)
+    model = random_model(cfg, seed=0, dtype=dtype, device=device)
+    prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    copy_gbs = copy_bandwidth_gbs(device)
+    wbytes = _weight_bytes(model)
+    floor_tok_s = copy_gbs * 1e9 / wbytes
+    shape = f"{'tiny' if small else 'Llama-3-8B shape'} {str(dtype).replace('torch.', '')}, prompt {prompt_len}"
+    rows = [dict(op="e2e", what=f"weight-read floor ({wbytes / 1e9:.2f} GB at {copy_gbs:.0f} GB/s)",
+                 tok_s=round(floor_tok_s, 1))]
+
+    def decode_tok_s(gen_n):
+        gen_n(1)  # warm-up
+        t1 = min(_timed(lambda: gen_n(1), device) for _ in range(2))
+        tn = _timed(lambda: gen_n(new + 1), device)
+        return new / (tn - t1)
+
+    ar = decode_tok_s(lambda n: generate_greedy(model, prompt, n, stop_ids=()))
+    rows.append(dict(op="e2e", impl="ar (ours, eager)", what=shape, tok_s=round(ar, 1),
+                     x_floor=round(ar / floor_tok_s, 3)))
+    try:
+        hf = _hf_model(model)
+        ids = torch.tensor([prompt], device=device)
+
+        def hf_gen(n):
+            with torch.no_grad():
+                return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False)
+
+        hf_tok_s = decode_tok_s(hf_gen)
+        rows.append(dict(op="e2e", impl="HF transformers generate", what=shape, tok_s=round(hf_tok_s, 1),
+                         x_floor=round(hf_tok_s / floor_tok_s, 3), ours_vs_hf=round(ar / hf_tok_s, 2)))
+        del hf
+    except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
+        rows.append(dict(op="e2e", impl="HF transformers generate", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
+
+    head = random_eagle(model, seed=1)
+    head_layer_bytes = sum(t.numel() * t.element_size() for lw in head.body.w["layers"] for t in lw.values())
+    head_layer_bytes += head.fc_weight.numel() * head.fc_weight.element_size()
+    K = min(32768, cfg.vocab_size // 2)
+    draft_ms = {}
+    for mode, vocab in (("eagle2", None), ("frspec", FRVocab(torch.arange(K, dtype=torch.int32), f"first-{K}"))):
+        gen = SpeculativeGenerator(model, vocab=vocab, eagle=head, depth=6, topk=10, num_nodes=60)
+        gen.generate(prompt, 8, stop_ids=())  # warm-up
+        out, st = gen.generate(prompt, new, stop_ids=(), timing=True)
+        it = max(st.steps, 1)
+        rows_k = cfg.vocab_size if vocab is None else K
+        it_bytes = wbytes + 6 * (head_layer_bytes + rows_k * cfg.hidden_size * model.lm_head.element_size())
+        it_floor_ms = it_bytes / (copy_gbs * 1e9) * 1e3
+        total_ms = 1e3 * (st.draft_s + st.verify_s + st.other_s) / it
+        draft_ms[mode] = 1e3 * st.draft_s / it
+        rows.append(dict(op="e2e", impl=mode, what=f"{shape}, random EAGLE head, depth 6 / top-k 10 / 60 nodes, "
+                         f"LM head rows {rows_k}", iteration_ms=round(total_ms, 2),
+                         draft_ms=round(draft_ms[mode], 2), verify_ms=round(1e3 * st.verify_s / it, 2),
+                         other_ms=round(1e3 * st.other_s / it, 2), floor_ms=round(it_floor_ms, 3),
+                         x_floor=round(total_ms / it_floor_ms, 2), accept_len=round(st.mean_accept_length, 2)))
+    rows.append(dict(op="e2e", what="frspec draft time / eagle2 draft time (goal <= 0.5)",
+                     ratio=round(draft_ms["frspec"] / draft_ms["eagle2"], 3)))
+    return rows

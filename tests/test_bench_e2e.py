@@ -1,0 +1,37 @@
+"""The end-to-end benchmark harness: the HF transformers baseline built on our tensors (no
+copy) decodes exactly like our model, and `frspec bench e2e` runs on CPU (tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from frspec_cuda.benchmarks import e2e  # noqa: E402
+from frspec_cuda.models.llama import ModelConfig, generate_greedy, random_model  # noqa: E402
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}])
+def test_hf_baseline_shares_our_weights_and_decodes_the_same(scaling):
+    cfg = ModelConfig(**dict(e2e.TINY, rope_scaling=scaling, rope_theta=500000.0 if scaling else 10000.0))
+    model = random_model(cfg, seed=3, std=0.15)
+    hf = e2e._hf_model(model)
+    assert hf.model.layers[0].self_attn.q_proj.weight.data_ptr() == model.w["layers"][0]["q"].data_ptr()
+    prompt = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                          do_sample=False)
+    assert out[0, 40:].tolist() == generate_greedy(model, prompt, 12, stop_ids=())
+
+
+def test_e2e_suite_runs_on_cpu():
+    rows = e2e.run(torch.device("cpu"), quick=True)
+    impls = {r.get("impl") for r in rows}
+    assert {"ar (ours, eager)", "HF transformers generate", "eagle2", "frspec"} <= impls, rows
+    spec_rows = [r for r in rows if r.get("impl") in ("eagle2", "frspec")]
+    for r in spec_rows:
+        assert r["iteration_ms"] > 0 and r["draft_ms"] > 0 and r["verify_ms"] > 0 and r["accept_len"] >= 1
+    assert not any("failed" in str(r.get("note", "")) for r in rows), rows
