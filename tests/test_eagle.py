@@ -150,3 +150,34 @@ def test_qwen2_target_with_eagle_head_equals_ar(tmp_path):
     gen = SpeculativeGenerator(target, eagle=head, depth=4, topk=6, num_nodes=24)
     for prompt in PROMPTS[1:]:
         assert gen.generate(prompt, 12, stop_ids=())[0] == generate_greedy(target, prompt, 12, stop_ids=()), prompt
+
+
+def test_eagle_sampling_matches_the_target_distribution(tmp_path):
+    """Lossless sampling with an EAGLE head: 2000 two-token samples; the first token follows
+    the target's processed distribution (chi-square at p-value 1e-6; the same statistic
+    rejects a sharper distribution, so it has power)."""
+    from test_tree import chi2_threshold
+
+    from frspec_cuda import spec
+
+    over = dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    write_checkpoint(tmp_path / "t", "llama", num_hidden_layers=2, **over)
+    target = load_model(tmp_path / "t")
+    write_eagle(tmp_path / "e", **over)
+    gen = SpeculativeGenerator(target, eagle=load_eagle(tmp_path / "e", target), depth=3, topk=3, num_nodes=8)
+    prompt, T = [3, 1, 4, 1, 5], 0.9
+    g = torch.Generator().manual_seed(0)
+    firsts = torch.tensor([gen.generate(prompt, 2, stop_ids=(), temperature=T, generator=g)[0][0] for _ in range(2000)])
+    cache = target.new_cache(1, len(prompt))
+    logits = target.logits(target.forward(torch.tensor([prompt]), cache, torch.zeros(1, dtype=torch.int32))[:, -1])[0]
+    p = spec.target_probs(logits, T)
+
+    def chi2(counts):
+        e = p.double() * counts.sum()
+        return float(((counts.double() - e) ** 2 / e).sum())
+
+    df = 15
+    assert chi2(torch.bincount(firsts, minlength=16)) < chi2_threshold(df)
+    wrong = torch.multinomial(spec.target_probs(logits, T / 2), 2000, replacement=True,
+                              generator=torch.Generator().manual_seed(1))
+    assert chi2(torch.bincount(wrong, minlength=16)) > chi2_threshold(df)
