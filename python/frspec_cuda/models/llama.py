@@ -168,10 +168,13 @@ class LlamaModel:
         B, T = input_ids.shape
         L_max = kv_cache.shape[3]
         dev = input_ids.device
+        fresh_prefill = False  # every sequence starts at slot 0: plain causal attention, no mask
         if slots is None:
-            if int((cache_len + T).max()) > L_max:
-                raise ValueError(f"{T} new tokens at cache_len {cache_len.tolist()} do not fit the cache (max_len {L_max})")
+            lens = cache_len.tolist()
+            if max(lens) + T > L_max:
+                raise ValueError(f"{T} new tokens at cache_len {lens} do not fit the cache (max_len {L_max})")
             slots = cache_len.to(torch.long).unsqueeze(1) + torch.arange(T, device=dev)
+            fresh_prefill = visible is None and tree_mask is None and max(lens) == 0 and T > 1
         if positions is None:
             positions = slots
         use_tree_kernel = False
@@ -184,7 +187,7 @@ class LlamaModel:
             tree_attention = (lambda *a: tree_ops.tree_attention(*a, validate=False)) if use_tree_kernel else \
                 tree_ref.tree_attention
             tree_cache_len = cache_len.to(torch.int32)
-        elif visible is None:  # causal: slot j is visible to token t iff j <= its slot
+        elif visible is None and not fresh_prefill:  # causal: slot j is visible to token t iff j <= its slot
             visible = torch.arange(L_max, device=dev).view(1, 1, L_max) <= slots.unsqueeze(-1)
         x = F.embedding(input_ids, self.w["embed"]) if inputs_embeds is None else inputs_embeds
         n_layers = c.num_layers if num_layers is None else num_layers
@@ -201,6 +204,12 @@ class LlamaModel:
             if tree_mask is not None:
                 attn = tree_attention(q.contiguous(), kv_cache[i, 0], kv_cache[i, 1], tree_cache_len, tree_mask)[0]
                 attn = attn.reshape(B, T, c.num_heads * c.head_dim)
+            elif fresh_prefill:  # SDPA's causal path (flash on the GPU): no [T, L] mask in memory
+                G = c.num_heads // c.num_kv_heads
+                kk = k.repeat_interleave(G, 2) if G > 1 else k
+                vv = v.repeat_interleave(G, 2) if G > 1 else v
+                attn = F.scaled_dot_product_attention(q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
+                                                      is_causal=True).transpose(1, 2).reshape(B, T, -1)
             else:
                 attn = F.scaled_dot_product_attention(
                     q.transpose(1, 2), kv_cache[i, 0].transpose(1, 2), kv_cache[i, 1].transpose(1, 2),
