@@ -185,8 +185,9 @@ def test_frspec_generate_cli(tmp_path, capsys):
     write_eagle(tmp_path / "eagle", vocab_size=tok.get_vocab_size())
     assert cli(["generate", "--model", str(ckpt), "--prompt", "the cat sat", "--max-new-tokens", "12", "--mode",
                 "frspec", "--device", "cpu", "--draft", str(tmp_path / "eagle"), "--vocab",
-                str(tmp_path / "v" / "freq_128.pt")]) == 0
-    assert capsys.readouterr().out.splitlines()[:-1] == texts["ar"]
+                str(tmp_path / "v" / "freq_128.pt"), "--timing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == texts["ar"] and "per step draft" in lines[-1]
     with pytest.raises(SystemExit, match="needs --vocab"):
         cli(["generate", "--model", str(ckpt), "--prompt", "x", "--mode", "frspec", "--device", "cpu"])
 
@@ -216,3 +217,20 @@ def test_default_model_frspec_equals_ar(tmp_path):
     assert vocab.size == 16384
     out, stats = SpeculativeGenerator(model, draft_layers=8, vocab=vocab).generate(prompt, 16)
     assert out == ar and stats.steps <= len(out)
+
+
+def test_streaming_callbacks_see_every_token_once(model):
+    """`on_tokens` receives the output in order, one call per step (spec) or per token (AR),
+    and the stream stops at the stop id / limit exactly where the output does."""
+    gen = SpeculativeGenerator(model, draft_layers=2, depth=4, topk=4, num_nodes=16)
+    for prompt in PROMPTS[:5]:
+        seen, calls = [], []
+        out, stats = gen.generate(prompt, 13, stop_ids=(), on_tokens=lambda t: (seen.extend(t), calls.append(len(t))))
+        assert seen == out and len(calls) == stats.steps and sum(calls) == 13
+        ar_seen = []
+        ar = generate_greedy(model, prompt, 13, stop_ids=(), on_tokens=ar_seen.extend)
+        assert ar_seen == ar == out
+    stop = out[4]  # stopping early: the stream ends with the stop token too
+    seen = []
+    out2, _ = gen.generate(PROMPTS[4], 13, stop_ids=(stop,), on_tokens=seen.extend)
+    assert seen == out2 and out2[-1] == stop and len(out2) <= 5

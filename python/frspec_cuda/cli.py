@@ -140,6 +140,27 @@ def _has_chat_template(model_dir) -> bool:
     return (model_dir / "chat_template.jinja").exists() or (config.exists() and "chat_template" in config.read_text())
 
 
+class _TextStream:
+    """Prints generated text as tokens arrive: decodes everything so far and prints what is
+    new, holding back while the tail is an incomplete UTF-8 sequence."""
+
+    def __init__(self, tok):
+        self.tok, self.ids, self.printed = tok, [], ""
+
+    def __call__(self, new_ids: list[int]) -> None:
+        self.ids += new_ids
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(self.printed):
+            return
+        print(text[len(self.printed):], end="", flush=True)
+        self.printed = text
+
+    def finish(self) -> None:
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        rest = text[len(self.printed):] if text.startswith(self.printed) else "\n" + text
+        print(rest, flush=True)
+
+
 def cmd_generate(args) -> int:
     import time
     from pathlib import Path
@@ -190,6 +211,7 @@ def cmd_generate(args) -> int:
                                    topk=args.topk, num_nodes=args.num_nodes, eagle=eagle)
     g = torch.Generator(device=dev).manual_seed(args.seed)
     total_tokens, total_time, steps = 0, 0.0, 0
+    draft_s = verify_s = other_s = 0.0
     for text in _read_prompts(args):
         if chat is not None:
             enc = chat.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
@@ -199,20 +221,27 @@ def cmd_generate(args) -> int:
         if len(ids) + args.max_new_tokens > model.cfg.max_position_embeddings:
             raise SystemExit(f"prompt of {len(ids)} tokens + {args.max_new_tokens} new exceeds the model's "
                              f"max_position_embeddings {model.cfg.max_position_embeddings}")
+        stream = _TextStream(tok)
         t0 = time.perf_counter()
         if gen is None:
-            out = (generate_greedy(model, ids, args.max_new_tokens) if args.temperature == 0 else
-                   generate_sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g))
+            out = (generate_greedy(model, ids, args.max_new_tokens, on_tokens=stream) if args.temperature == 0 else
+                   generate_sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
+                                   on_tokens=stream))
             steps += len(out)
         else:
             out, stats = gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                      top_p=args.top_p, generator=g)
+                                      top_p=args.top_p, generator=g, on_tokens=stream, timing=args.timing)
             steps += stats.steps
+            draft_s, verify_s, other_s = draft_s + stats.draft_s, verify_s + stats.verify_s, other_s + stats.other_s
         total_time += time.perf_counter() - t0
         total_tokens += len(out)
-        print(tok.decode(out, skip_special_tokens=True), flush=True)
+        stream.finish()
+    split = ""
+    if gen is not None and args.timing:
+        split = (f", per step draft {1e3 * draft_s / max(steps, 1):.1f} / verify {1e3 * verify_s / max(steps, 1):.1f}"
+                 f" / other {1e3 * other_s / max(steps, 1):.1f} ms")
     print(f"[{args.mode}] {total_tokens} tokens in {total_time:.2f} s = {total_tokens / max(total_time, 1e-9):.1f} tok/s, "
-          f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype})")
+          f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype}){split}")
     return 0
 
 
@@ -269,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     gp.add_argument("--top-k", type=int, default=0)
     gp.add_argument("--top-p", type=float, default=1.0)
     gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--timing", action="store_true",
+                    help="report the draft / verify / other time per speculative step (synchronises the device)")
     gp.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     gp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"])
     args = parser.parse_args(argv)

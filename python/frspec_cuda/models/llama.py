@@ -339,9 +339,11 @@ def random_model(cfg: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.
 
 @torch.no_grad()
 def generate_autoregressive(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
-                            choose: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...] | None = None) -> list[int]:
+                            choose: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...] | None = None,
+                            on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
     """Our autoregressive baseline (batch 1): prefill, then one token at a time; `choose`
-    turns the last position's logits [1, V] into the next token."""
+    turns the last position's logits [1, V] into the next token; `on_tokens` (streaming)
+    gets each new token as it is chosen."""
     stop = set(model.cfg.eos_token_ids if stop_ids is None else stop_ids)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + 1)
     cache_len = torch.zeros(1, dtype=torch.int32, device=model.device)
@@ -352,6 +354,8 @@ def generate_autoregressive(model: LlamaModel, prompt_ids: list[int], max_new_to
         cache_len += ids.shape[1]
         token = choose(model.logits(hidden[:, -1]))
         out.append(token)
+        if on_tokens is not None:
+            on_tokens([token])
         if token in stop:
             break
         ids = torch.tensor([[token]], device=model.device)
@@ -359,5 +363,7 @@ def generate_autoregressive(model: LlamaModel, prompt_ids: list[int], max_new_to
 
 
 def generate_greedy(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int,
-                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
-    return generate_autoregressive(model, prompt_ids, max_new_tokens, lambda logits: int(logits.argmax(-1)), stop_ids)
+                    stop_ids: tuple[int, ...] | None = None,
+                    on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
+    return generate_autoregressive(model, prompt_ids, max_new_tokens, lambda logits: int(logits.argmax(-1)), stop_ids,
+                                   on_tokens)

@@ -163,10 +163,11 @@ class SpeculativeGenerator:
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None, *,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, timing: bool = False):
+                 generator: torch.Generator | None = None, timing: bool = False, on_tokens=None):
         """Greedy when temperature == 0 (output identical to greedy AR); otherwise lossless
         speculative sampling: each emitted token is distributed exactly as in
-        `generate_sample` with the same temperature / top_k / top_p."""
+        `generate_sample` with the same temperature / top_k / top_p. `on_tokens` receives
+        each step's accepted tokens (streaming); `timing` fills the stats' phase split."""
         m, dev = self.target, self.target.device
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
         L = len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2
@@ -237,9 +238,15 @@ class SpeculativeGenerator:
             stats.steps += 1
             stats.accepted += n_acc - 1
             stats.accept_lengths.append(n_acc)
+            emitted: list[int] = []
             for tok in new_tokens:
-                out.append(tok)
-                stats.emitted += 1
-                if tok in stop or len(out) >= max_new_tokens:
-                    return out, stats
+                emitted.append(tok)
+                if tok in stop or len(out) + len(emitted) >= max_new_tokens:
+                    break
+            out += emitted
+            stats.emitted += len(emitted)
+            if on_tokens is not None:  # streaming: a step's tokens as soon as they are accepted
+                on_tokens(emitted)
+            if out[-1] in stop or len(out) >= max_new_tokens:
+                return out, stats
         return out, stats

@@ -32,10 +32,10 @@ def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p
 
 def generate_sample(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int, temperature: float,
                     top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                    stop_ids: tuple[int, ...] | None = None) -> list[int]:
+                    stop_ids: tuple[int, ...] | None = None, on_tokens=None) -> list[int]:
     """Autoregressive sampling baseline (batch 1)."""
 
     def choose(logits: torch.Tensor) -> int:
         return int(torch.multinomial(target_probs(logits, temperature, top_k, top_p), 1, generator=generator))
 
-    return generate_autoregressive(model, prompt_ids, max_new_tokens, choose, stop_ids)
+    return generate_autoregressive(model, prompt_ids, max_new_tokens, choose, stop_ids, on_tokens)
