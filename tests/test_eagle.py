@@ -181,3 +181,12 @@ def test_eagle_sampling_matches_the_target_distribution(tmp_path):
     wrong = torch.multinomial(spec.target_probs(logits, T / 2), 2000, replacement=True,
                               generator=torch.Generator().manual_seed(1))
     assert chi2(torch.bincount(wrong, minlength=16)) > chi2_threshold(df)
+
+
+def test_top_level_api():
+    import frspec_cuda
+
+    assert frspec_cuda.SpeculativeGenerator is SpeculativeGenerator
+    assert frspec_cuda.load_eagle is load_eagle and frspec_cuda.load_model is load_model
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        frspec_cuda.nope  # noqa: B018
