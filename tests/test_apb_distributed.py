@@ -197,3 +197,28 @@ def test_ring_attention_baseline_is_exact(tmp_path, world):
     model = small_model(seed=6)
     torch.testing.assert_close(torch.load(tmp_path / "ring.pt"), full_logits(model, ids_of(96, seed=6)),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_torchrun_driver_reports_all_baselines(tmp_path):
+    """`torchrun -m frspec_cuda.apb.distributed` (gloo, 2 ranks, tiny random model): one JSON
+    line with APB, full, ring and Star timings; the same tokens as the simulation."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "frspec_cuda.apb.distributed", "--config", "tiny", "--context-len", "600", "--new-tokens", "3",
+           "--repeats", "1", "--full-baseline", "--ring-baseline", "--star-baseline", "--json", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    for key in ("prefill_s", "prefill_comm_s", "decode_step_ms", "full_prefill_s", "ring_prefill_s",
+                "star_prefill_s", "speedup_vs_full", "speedup_vs_ring", "speedup_vs_star"):
+        assert line[key] > 0, key
+    assert (line["world"], line["anchor_len"], line["passing_len"]) == (2, 75, 37)
+    from frspec_cuda.apb.distributed import TINY
+
+    model = random_model(ModelConfig(**TINY), seed=0)
+    ids = torch.randint(0, 512, (600,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert simulate(model, ids, ApbConfig(2, 75, 37), 3).tokens == line["tokens"]
