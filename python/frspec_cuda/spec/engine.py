@@ -97,66 +97,49 @@ class SpeculativeGenerator:
         return self.target.forward(tokens, cache, zero, self.draft_layers, **attention)
 
     def _draft(self, root: int, cache: torch.Tensor, cache_len: int, root_feature: torch.Tensor | None):
-        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M]. The root
-        is processed at draft slot `root_slot` (cache_len for the self-draft, one less for
-        EAGLE, whose slot i holds token i + 1), candidates at the slots after it."""
-        m, dev, k = self.target, self.target.device, self.topk
+        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M] with
+        M = topk + (depth - 1) * topk^2. The root is processed at draft slot `root_slot`
+        (cache_len for the self-draft, one less for EAGLE, whose slot i holds token i + 1),
+        then each level's `topk` beams at the next slots. All on the device: no host sync."""
+        dev, k = self.target.device, self.topk
         L = cache.shape[3]
         root_slot = cache_len - 1 if self.eagle is not None else cache_len
-        h_tok: list[int] = []
-        h_par: list[int] = []
-        h_score: list[float] = []
-        # visible[slot] rows of processed tokens, to build descendants' masks
+        M = k + (self.depth - 1) * k * k
+        h_tok = torch.empty(M, dtype=torch.long, device=dev)
+        h_par = torch.empty(M, dtype=torch.int32, device=dev)
+        h_score = torch.empty(M, dtype=torch.float32, device=dev)
         base_visible = torch.arange(L, device=dev) <= root_slot  # prefix + root slot
         feat = None if root_feature is None else root_feature.view(1, 1, -1)
         slot = torch.tensor([[root_slot]], device=dev)
         root_hidden = self._draft_forward(torch.tensor([[root]], device=dev), feat, cache, slots=slot, positions=slot,
                                           visible=base_visible.view(1, 1, L))
         ids, lp = self._draft_topk(root_hidden[:, -1], k)
-        for j in range(k):
-            h_tok.append(int(ids[0, j]))
-            h_par.append(-1)
-            h_score.append(float(lp[0, j]))
-        beams = list(range(k))
-        parent_out = {c: root_hidden[0, -1] for c in beams}  # EAGLE: a candidate's feature
-        beam_visible = {}  # candidate -> visible row (its ancestors' slots + own)
-        next_slot = root_slot + 1
-        for _ in range(self.depth - 1):
-            B = len(beams)
-            slots = torch.arange(next_slot, next_slot + B, device=dev)
-            vis = []
-            for n, c in enumerate(beams):
-                parent = h_par[c]
-                row = (beam_visible[parent] if parent >= 0 else base_visible).clone()
-                row[next_slot + n] = True
-                beam_visible[c] = row
-                vis.append(row)
-            depth_of = [self._depth(h_par, c) for c in beams]
-            feats = torch.stack([parent_out[c] for c in beams]).unsqueeze(0) if self.eagle is not None else None
-            hidden = self._draft_forward(torch.tensor([[h_tok[c] for c in beams]], device=dev), feats, cache,
+        h_tok[:k], h_par[:k], h_score[:k] = ids[0], -1, lp[0]
+        beams = torch.arange(k, device=dev)            # history index of each beam
+        beam_feat = root_hidden[0, -1].expand(k, -1)   # EAGLE: the feature each beam is expanded with
+        parent_vis = base_visible.expand(k, L)         # its parent's visible slots
+        rows = torch.arange(k, device=dev)
+        n, next_slot = k, root_slot + 1
+        for level in range(1, self.depth):
+            slots = torch.arange(next_slot, next_slot + k, device=dev)
+            vis = parent_vis.clone()
+            vis[rows, slots] = True  # own slot
+            hidden = self._draft_forward(h_tok[beams].unsqueeze(0),
+                                         beam_feat.unsqueeze(0) if self.eagle is not None else None, cache,
                                          slots=slots.unsqueeze(0),
-                                         positions=torch.tensor([[root_slot + d for d in depth_of]], device=dev),
-                                         visible=torch.stack(vis).unsqueeze(0))
-            next_slot += B
-            ids, lp = self._draft_topk(hidden[0], k)  # [B, k]
-            children = []
-            for n, c in enumerate(beams):
-                for j in range(k):
-                    h_tok.append(int(ids[n, j]))
-                    h_par.append(c)
-                    h_score.append(h_score[c] + float(lp[n, j]))
-                    children.append(len(h_tok) - 1)
-                    parent_out[len(h_tok) - 1] = hidden[0, n]
-            beams = sorted(children, key=lambda c: (-h_score[c], c))[:k]
-        return (torch.tensor([h_tok], device=dev), torch.tensor([h_par], dtype=torch.int32, device=dev),
-                torch.tensor([h_score], device=dev))
-
-    @staticmethod
-    def _depth(parents: list[int], c: int) -> int:
-        d = 1
-        while parents[c] >= 0:
-            c, d = parents[c], d + 1
-        return d
+                                         positions=torch.full((1, k), root_slot + level, device=dev),
+                                         visible=vis.unsqueeze(0))
+            next_slot += k
+            ids, lp = self._draft_topk(hidden[0], k)  # [k beams, k children]
+            scores = (h_score[beams].unsqueeze(1) + lp).reshape(-1)
+            h_tok[n:n + k * k] = ids.reshape(-1)
+            h_par[n:n + k * k] = beams.repeat_interleave(k).to(torch.int32)
+            h_score[n:n + k * k] = scores
+            best = torch.sort(scores, descending=True, stable=True).indices[:k]  # ties: lower index first
+            parent = best // k
+            beams, beam_feat, parent_vis = n + best, hidden[0, parent], vis[parent]
+            n += k * k
+        return h_tok.unsqueeze(0), h_par.unsqueeze(0), h_score.unsqueeze(0)
 
     # ------------------------------------------------------------------------ decoding
 
@@ -204,16 +187,17 @@ class SpeculativeGenerator:
             hist = self._draft(root, d_cache, cache_len, root_feature)
             t1 = mark()
             cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
+            # (inputs built here are well-formed: the ops' host-side validation, a device sync, is skipped)
             t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
-                                        min(self.num_nodes, hist[0].shape[1] + 1))
+                                        min(self.num_nodes, hist[0].shape[1] + 1), validate=False)
             # the target scores every node at once: nodes at slots cache_len + node, tree attention
             hidden = m.forward(t.tokens, t_cache, cl, positions=t.positions, tree_mask=t.mask)
             logits = m.logits(hidden)
             if temperature > 0:
                 v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
-                                              generator=generator)
+                                              generator=generator, validate=False)
             else:
-                v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1))
+                v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1), validate=False)
             n_acc = int(v.accept_len[0])
             t2 = mark()
             path = v.accepted[0, :n_acc]
