@@ -191,7 +191,9 @@ class SpeculativeGenerator:
             t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
                                         min(self.num_nodes, hist[0].shape[1] + 1), validate=False)
             # the target scores every node at once: nodes at slots cache_len + node, tree attention
-            hidden = m.forward(t.tokens, t_cache, cl, positions=t.positions, tree_mask=t.mask)
+            N = t.tokens.shape[1]
+            hidden = m.forward(t.tokens, t_cache, cl, slots=cache_len + torch.arange(N, device=dev).unsqueeze(0),
+                               positions=t.positions, tree_mask=t.mask)  # explicit slots: no bounds-check sync
             logits = m.logits(hidden)
             if temperature > 0:
                 v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
@@ -206,12 +208,13 @@ class SpeculativeGenerator:
             # Draft cache: keep the root (processed at its slot), re-feed the accepted drafts.
             if eagle is not None:
                 if n_acc > 1:  # (a_j, h of the node before a_j) at slots cache_len .. cache_len + n_acc - 2
+                    refeed = cache_len + torch.arange(n_acc - 1, device=dev).unsqueeze(0)
                     eagle.forward(torch.tensor([new_tokens[:-1]], device=dev), hidden[:, path[:-1].long()], d_cache,
-                                  torch.tensor([cache_len], dtype=torch.int32, device=dev))
+                                  cl, slots=refeed)
                 root_feature = hidden[0, path[-1].long()]
             elif n_acc > 1:
-                m.forward(torch.tensor([new_tokens[:-1]], device=dev), d_cache,
-                          torch.tensor([cache_len + 1], dtype=torch.int32, device=dev), self.draft_layers)
+                m.forward(torch.tensor([new_tokens[:-1]], device=dev), d_cache, cl, self.draft_layers,
+                          slots=cache_len + 1 + torch.arange(n_acc - 1, device=dev).unsqueeze(0))
             cache_len += n_acc
             root = new_tokens[-1]
             if timing:
