@@ -21,7 +21,7 @@ import time
 import torch
 
 from ..models.eagle import random_eagle
-from ..models.llama import LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, random_model
+from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, random_model
 from ..spec import SpeculativeGenerator
 from ..vocab import FRVocab
 from .timing import copy_bandwidth_gbs
@@ -44,14 +44,10 @@ def _hf_model(model: LlamaModel):
     cfg = transformers.LlamaConfig(**kw)
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(cfg)
-    names = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-             "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
-             "down": "mlp.down_proj.weight", "input_norm": "input_layernorm.weight",
-             "post_norm": "post_attention_layernorm.weight"}
     sd = {"model.embed_tokens.weight": model.w["embed"], "model.norm.weight": model.w["norm"],
           "lm_head.weight": model.lm_head}
     for i, lw in enumerate(model.w["layers"]):
-        sd.update({f"model.layers.{i}.{n}": lw[k] for k, n in names.items()})
+        sd.update({f"model.layers.{i}.{n}": lw[k] for k, n in LAYER_KEYS.items()})
     hf.load_state_dict(sd, assign=True, strict=False)
     # non-persistent buffers (rotary frequencies) were made on the meta device: rebuild them
     hf.model.rotary_emb = type(hf.model.rotary_emb)(config=cfg).to(model.device)  # built on CPU, then moved

@@ -15,19 +15,17 @@ while drafting a tree. Keys may carry a "model." prefix.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .llama import CheckpointError, LlamaModel, ModelConfig
+from .llama import (BIAS_KEYS, LAYER_KEYS, CheckpointError, LlamaModel, ModelConfig, layer_shapes, read_config,
+                    read_safetensors_files, take_weight)
 
-_LAYER = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-          "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
-          "down": "mlp.down_proj.weight", "post_norm": "post_attention_layernorm.weight"}
-_OPTIONAL = {"input_norm": "input_layernorm.weight", "q_bias": "self_attn.q_proj.bias",
-             "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+# EAGLE keeps the decoder layer's Hugging Face names; input_layernorm is absent on layer 0
+_REQUIRED = {k: name for k, name in LAYER_KEYS.items() if k != "input_norm"}
+_OPTIONAL = {"input_norm": LAYER_KEYS["input_norm"], **BIAS_KEYS}
 
 
 class EagleDraft:
@@ -56,15 +54,7 @@ class EagleDraft:
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     st = sorted(path.glob("*.safetensors"))
     if st:
-        from safetensors.torch import load_file
-
-        tensors: dict[str, torch.Tensor] = {}
-        for f in st:
-            try:
-                tensors.update(load_file(str(f)))
-            except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-                raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
-        return tensors, ", ".join(f.name for f in st)
+        return read_safetensors_files(st), ", ".join(f.name for f in st)
     binf = path / "pytorch_model.bin"
     if not binf.exists():
         raise CheckpointError(f"{path}: no pytorch_model.bin or *.safetensors (expected an EAGLE head)")
@@ -80,13 +70,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
 def load_eagle(path: str | Path, target: LlamaModel) -> EagleDraft:
     """Load an EAGLE-1/2 head directory for `target` (same dtype and device as the target)."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{cfg_file}: not found (expected an EAGLE head directory)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file}: malformed JSON ({exc})") from exc
+    cfg_file, raw = read_config(path, "an EAGLE head directory")
     if not raw.get("architectures") and not raw.get("model_type"):
         raw = {**raw, "model_type": "llama"}
     cfg = ModelConfig.from_hf(raw, str(cfg_file))
@@ -101,22 +85,13 @@ def load_eagle(path: str | Path, target: LlamaModel) -> EagleDraft:
     where = f"{path}/{fname}"
 
     def take(key, shape, required=True):
-        if key not in tensors:
-            if required:
-                raise CheckpointError(f"{where}: weight '{key}' is missing")
-            return None
-        w = tensors[key]
-        if tuple(w.shape) != tuple(shape):
-            raise CheckpointError(f"{where}: weight '{key}' has shape {tuple(w.shape)}, expected {tuple(shape)}")
-        return w.to(device=dev, dtype=dt)
+        return take_weight(tensors, key, shape, where, dev, dt, required=required)
 
-    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
-    shapes = {"q": (Hq * D, H), "k": (Hkv * D, H), "v": (Hkv * D, H), "o": (H, Hq * D), "gate": (I, H),
-              "up": (I, H), "down": (H, I), "post_norm": (H,), "input_norm": (H,), "q_bias": (Hq * D,),
-              "k_bias": (Hkv * D,), "v_bias": (Hkv * D,)}
+    H = cfg.hidden_size
+    shapes = layer_shapes(cfg)
     layers = []
     for i in range(cfg.num_layers):
-        lw = {k: take(f"layers.{i}.{name}", shapes[k]) for k, name in _LAYER.items()}
+        lw = {k: take(f"layers.{i}.{name}", shapes[k]) for k, name in _REQUIRED.items()}
         for k, name in _OPTIONAL.items():
             w = take(f"layers.{i}.{name}", shapes[k], required=False)
             if w is not None:

@@ -226,18 +226,42 @@ class LlamaModel:
 
 # ------------------------------------------------------------------------------ loading
 
-_LAYER_KEYS = {
+# Hugging Face names of a decoder layer's weights (under "model.layers.{i}."), by our short names
+LAYER_KEYS = {
     "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
     "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
     "down": "mlp.down_proj.weight", "input_norm": "input_layernorm.weight",
     "post_norm": "post_attention_layernorm.weight",
 }
-_BIAS_KEYS = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+BIAS_KEYS = {"q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias"}
+
+
+def read_config(path: Path, what: str) -> tuple[Path, dict]:
+    """`path`/config.json as a dict; errors name the file (`what`: the directory expected)."""
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{cfg_file}: not found (expected {what})")
+    try:
+        return cfg_file, json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}: malformed JSON ({exc})") from exc
+
+
+def read_safetensors_files(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.exists():
+            raise CheckpointError(f"{f}: listed in the index but missing")
+        try:
+            tensors.update(load_file(str(f)))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
+    return tensors
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -248,28 +272,35 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         files = sorted(p.name for p in path.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors weights (or model.safetensors.index.json) found")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        f = path / name
-        if not f.exists():
-            raise CheckpointError(f"{f}: listed in the index but missing")
-        try:
-            tensors.update(load_file(str(f)))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-            raise CheckpointError(f"{f}: cannot read safetensors ({exc})") from exc
-    return tensors
+    return read_safetensors_files([path / name for name in files])
+
+
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of every decoder-layer weight, by our short names (biases included)."""
+    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
+    return {"q": (Hq * D, H), "k": (Hkv * D, H), "v": (Hkv * D, H), "o": (H, Hq * D), "gate": (I, H), "up": (I, H),
+            "down": (H, I), "input_norm": (H,), "post_norm": (H,), "q_bias": (Hq * D,), "k_bias": (Hkv * D,),
+            "v_bias": (Hkv * D,)}
+
+
+def take_weight(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where, device, dtype, *,
+                required: bool = True, says: str = "expected") -> torch.Tensor | None:
+    """tensors[key] checked against `shape` and moved to device/dtype; a missing optional
+    weight is None. Errors name `where` (the file or directory) and the key."""
+    if key not in tensors:
+        if required:
+            raise CheckpointError(f"{where}: weight '{key}' is missing")
+        return None
+    w = tensors[key]
+    if tuple(w.shape) != tuple(shape):
+        raise CheckpointError(f"{where}: weight '{key}' has shape {tuple(w.shape)}, {says} {tuple(shape)}")
+    return w.to(device=device, dtype=dtype)
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LlamaModel:
     """A Hugging Face checkpoint directory: config.json + *.safetensors (sharded or not)."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{cfg_file}: not found (expected a Hugging Face checkpoint directory)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file}: malformed JSON ({exc})") from exc
+    cfg_file, raw = read_config(path, "a Hugging Face checkpoint directory")
     cfg = ModelConfig.from_hf(raw, str(cfg_file))
     gen = path / "generation_config.json"
     if gen.exists():
@@ -279,23 +310,16 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     t = _read_safetensors(path)
 
     def take(key, shape):
-        if key not in t:
-            raise CheckpointError(f"{path}: weight '{key}' is missing")
-        w = t[key]
-        if tuple(w.shape) != tuple(shape):
-            raise CheckpointError(f"{path}: weight '{key}' has shape {tuple(w.shape)}, config says {tuple(shape)}")
-        return w.to(device=device, dtype=dtype)
+        return take_weight(t, key, shape, path, device, dtype, says="config says")
 
-    H, D, Hq, Hkv, I = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
-    shapes = {"q": (Hq * D, H), "k": (Hkv * D, H), "v": (Hkv * D, H), "o": (H, Hq * D), "gate": (I, H), "up": (I, H),
-              "down": (H, I), "input_norm": (H,), "post_norm": (H,)}
-    bias_shapes = {"q_bias": (Hq * D,), "k_bias": (Hkv * D,), "v_bias": (Hkv * D,)}
+    H = cfg.hidden_size
+    shapes = layer_shapes(cfg)
     layers = []
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}."
-        lw = {k: take(pre + name, shapes[k]) for k, name in _LAYER_KEYS.items()}
+        lw = {k: take(pre + name, shapes[k]) for k, name in LAYER_KEYS.items()}
         if cfg.attention_bias:
-            lw.update({k: take(pre + name, bias_shapes[k]) for k, name in _BIAS_KEYS.items()})
+            lw.update({k: take(pre + name, shapes[k]) for k, name in BIAS_KEYS.items()})
         layers.append(lw)
     weights = {"embed": take("model.embed_tokens.weight", (cfg.vocab_size, H)), "layers": layers,
                "norm": take("model.norm.weight", (H,))}
