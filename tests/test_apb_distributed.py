@@ -222,3 +222,12 @@ def test_torchrun_driver_reports_all_baselines(tmp_path):
     model = random_model(ModelConfig(**TINY), seed=0)
     ids = torch.randint(0, 512, (600,), generator=torch.Generator().manual_seed(1)).tolist()
     assert simulate(model, ids, ApbConfig(2, 75, 37), 3).tokens == line["tokens"]
+
+
+def test_full_causal_prefill_baseline_is_exact():
+    from frspec_cuda.apb.distributed import full_causal_prefill
+
+    model = small_model(seed=7)
+    ids = ids_of(70, seed=7)
+    hidden = full_causal_prefill(model, torch.tensor(ids), mlp_chunk=32)  # chunks that do not divide 70
+    torch.testing.assert_close(model.logits(hidden)[0], full_logits(model, ids), rtol=1e-4, atol=1e-4)

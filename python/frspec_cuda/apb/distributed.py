@@ -18,7 +18,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from ..models.llama import LLAMA3_8B, LlamaModel, ModelConfig, apply_rope, random_model, rms_norm
+from ..models.llama import LLAMA3_8B, LlamaModel, ModelConfig, random_model, rms_norm
 from .host import ApbConfig, ApbResult, ApbRunner, DistributedComm
 
 # Small shapes for tests and smoke runs (head_dim 64 so the GPU kernel applies).
@@ -68,21 +68,16 @@ def full_causal_prefill(model: LlamaModel, ids: torch.Tensor, mlp_chunk: int = 1
     m, c = model, model.cfg
     T = ids.numel()
     x = F.embedding(ids.to(m.device), m.w["embed"])
-    pos = torch.arange(T, device=m.device).unsqueeze(0)
+    pos = torch.arange(T, device=m.device)
     for lw in m.w["layers"]:
-        h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
-        q = F.linear(h, lw["q"], lw.get("q_bias")).view(1, T, c.num_heads, c.head_dim)
-        k = F.linear(h, lw["k"], lw.get("k_bias")).view(1, T, c.num_kv_heads, c.head_dim)
-        v = F.linear(h, lw["v"], lw.get("v_bias")).view(1, T, c.num_kv_heads, c.head_dim)
-        q, k = apply_rope(q, pos, m.inv_freq), apply_rope(k, pos, m.inv_freq)
+        q, k, v = m.qkv(lw, x)
+        q, k = m.rope(q, pos), m.rope(k, pos)
         G = c.num_heads // c.num_kv_heads
-        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(G, 2).transpose(1, 2),
-                                              v.repeat_interleave(G, 2).transpose(1, 2), is_causal=True)
-        x = x + F.linear(attn.transpose(1, 2).reshape(T, -1), lw["o"])
-        for s in range(0, T, mlp_chunk):
-            xs = x[s:s + mlp_chunk]
-            hs = rms_norm(xs, lw["post_norm"], c.rms_norm_eps)
-            x[s:s + mlp_chunk] = xs + F.linear(F.silu(F.linear(hs, lw["gate"])) * F.linear(hs, lw["up"]), lw["down"])
+        attn = F.scaled_dot_product_attention(  # 4-D [1, H, T, D]: the flash kernel wants a batch dim
+            q.transpose(0, 1)[None], k.repeat_interleave(G, 1).transpose(0, 1)[None],
+            v.repeat_interleave(G, 1).transpose(0, 1)[None], is_causal=True)[0].transpose(0, 1)
+        for s in range(0, T, mlp_chunk):  # row chunks bound the MLP's intermediate memory
+            x[s:s + mlp_chunk] = m.finish_layer(lw, x[s:s + mlp_chunk], attn[s:s + mlp_chunk])
     return rms_norm(x[-1:], m.w["norm"], c.rms_norm_eps)
 
 
@@ -122,14 +117,11 @@ def ring_prefill(model: LlamaModel, ids: torch.Tensor, group=None) -> torch.Tens
     if group is not None:
         nxt, prv = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prv)
     x = F.embedding(ids[r * L:(r + 1) * L].to(m.device), m.w["embed"])
-    pos = torch.arange(r * L, (r + 1) * L, device=m.device).unsqueeze(0)
+    pos = torch.arange(r * L, (r + 1) * L, device=m.device)
     for lw in m.w["layers"]:
-        h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
-        q = F.linear(h, lw["q"], lw.get("q_bias")).view(1, L, c.num_heads, c.head_dim)
-        k = F.linear(h, lw["k"], lw.get("k_bias")).view(1, L, c.num_kv_heads, c.head_dim)
-        v = F.linear(h, lw["v"], lw.get("v_bias")).view(1, L, c.num_kv_heads, c.head_dim)
-        q, k = apply_rope(q, pos, m.inv_freq)[0], apply_rope(k, pos, m.inv_freq)[0]
-        kv = torch.stack([k, v[0]])
+        q, k, v = m.qkv(lw, x)
+        q, k = m.rope(q, pos), m.rope(k, pos)
+        kv = torch.stack([k, v])
         out = lse = None
         for step in range(H):
             src = (r - step) % H  # whose block `kv` is
@@ -145,9 +137,7 @@ def ring_prefill(model: LlamaModel, ids: torch.Tensor, group=None) -> torch.Tens
                 req.wait()
             if reqs:
                 kv = recv
-        x = x + F.linear(out.reshape(L, -1), lw["o"])
-        h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
-        x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
+        x = m.finish_layer(lw, x, out)
     return rms_norm(x[-1:], m.w["norm"], c.rms_norm_eps) if r == H - 1 else None
 
 

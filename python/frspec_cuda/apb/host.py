@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..models.llama import LlamaModel, apply_rope, rms_norm
+from ..models.llama import LlamaModel, rms_norm
 from .attention import apb_attention, attention_with_lse
 from .compress import RetainingHeads, query_aware_scores, select_passing
 
@@ -197,27 +197,6 @@ class Host:
     positions: torch.Tensor | None = field(default=None, repr=False)
 
 
-def _project(model: LlamaModel, lw: dict, x: torch.Tensor):
-    c = model.cfg
-    T = x.shape[0]
-    h = rms_norm(x, lw["input_norm"], c.rms_norm_eps)
-    q = F.linear(h, lw["q"], lw.get("q_bias")).view(T, c.num_heads, c.head_dim)
-    k = F.linear(h, lw["k"], lw.get("k_bias")).view(T, c.num_kv_heads, c.head_dim)
-    v = F.linear(h, lw["v"], lw.get("v_bias")).view(T, c.num_kv_heads, c.head_dim)
-    return q, k, v
-
-
-def _rope(model: LlamaModel, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    return apply_rope(x.unsqueeze(0), positions.unsqueeze(0), model.inv_freq)[0]
-
-
-def _finish_layer(model: LlamaModel, lw: dict, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    c = model.cfg
-    x = x + F.linear(attn.reshape(x.shape[0], c.num_heads * c.head_dim), lw["o"])
-    h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
-    return x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
-
-
 class ApbRunner:
     """APB over a model for the hosts this process runs (all of them when simulating, one
     per rank when distributed). Use `generate` for prefill + query + greedy decode."""
@@ -280,8 +259,8 @@ class ApbRunner:
             lw = m.w["layers"][i]
             staged, sent = [], []
             for host in self.hosts:
-                q_pre, k_pre, v = _project(m, lw, host.x)
-                q, k = _rope(m, q_pre, host.positions), _rope(m, k_pre, host.positions)
+                q_pre, k_pre, v = m.qkv(lw, host.x)
+                q, k = m.rope(q_pre, host.positions), m.rope(k_pre, host.positions)
                 A = host.anchor_len
                 if host.is_last or P == 0:  # nobody reads the last host's passing block
                     pkv = k.new_zeros(2, P, c.num_kv_heads, c.head_dim)
@@ -301,7 +280,7 @@ class ApbRunner:
                     k = torch.cat([passing[0], k])
                     v = torch.cat([passing[1], v])
                 out, _ = apb_attention(q, k.contiguous(), v.contiguous(), host.anchor_len, r * P if r > 0 else 0)
-                host.x = _finish_layer(m, lw, host.x, out)
+                host.x = m.finish_layer(lw, host.x, out)
         last = None
         for host in self.hosts:
             if host.is_last:
@@ -320,8 +299,8 @@ class ApbRunner:
         pos = torch.arange(position, position + T, device=m.device)
         for i in range(c.num_layers):
             lw = m.w["layers"][i]
-            q_pre, k_pre, v = _project(m, lw, x)
-            q, k = _rope(m, q_pre, pos), _rope(m, k_pre, pos)
+            q, k, v = m.qkv(lw, x)
+            q, k = m.rope(q, pos), m.rope(k, pos)
             partial = []
             for host in self.hosts:
                 n = host.cache_len
@@ -341,7 +320,7 @@ class ApbRunner:
                 po = p[:, :c.num_heads * D].view(T, c.num_heads, D).to(x.dtype)
                 pl = p[:, c.num_heads * D:].contiguous()
                 out, lse = (po, pl) if out is None else ops.merge_attention_states(out, lse, po, pl)
-            x = _finish_layer(m, lw, x, out)
+            x = m.finish_layer(lw, x, out)
         for host in self.hosts:
             if host.is_last:
                 host.cache_len += T

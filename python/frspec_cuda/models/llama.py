@@ -109,9 +109,9 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D], positions [B, T] -> rotate-half RoPE (HF convention)."""
-    freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(x.device)  # [B, T, D/2]
-    emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)  # [B, T, 1, D]
+    """x [..., T, H, D], positions [..., T] -> rotate-half RoPE (HF convention)."""
+    freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(x.device)  # [..., T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(-2)  # [..., T, 1, D]
     cos, sin = emb.cos(), emb.sin()
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -142,6 +142,29 @@ class LlamaModel:
     def new_cache(self, batch: int, max_len: int) -> torch.Tensor:
         c = self.cfg
         return torch.zeros(c.num_layers, 2, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.dtype, device=self.device)
+
+    # One decoder layer = qkv (+ RoPE) -> attention (the caller's: cache, tree, APB, ring...)
+    # -> finish_layer. Shapes [..., T, hidden] with any leading dims.
+    def qkv(self, lw: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input norm (skipped where the layer has none: EAGLE-1/2's first layer) and the
+        q/k/v projections, before RoPE: [..., T, Hq, D], [..., T, Hkv, D] x 2."""
+        c = self.cfg
+        h = rms_norm(x, lw["input_norm"], c.rms_norm_eps) if "input_norm" in lw else x
+        q = F.linear(h, lw["q"], lw.get("q_bias")).unflatten(-1, (c.num_heads, c.head_dim))
+        k = F.linear(h, lw["k"], lw.get("k_bias")).unflatten(-1, (c.num_kv_heads, c.head_dim))
+        v = F.linear(h, lw["v"], lw.get("v_bias")).unflatten(-1, (c.num_kv_heads, c.head_dim))
+        return q, k, v
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, positions, self.inv_freq)
+
+    def finish_layer(self, lw: dict, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection of the attention result (any trailing head layout), residual,
+        post-norm SwiGLU MLP, residual."""
+        c = self.cfg
+        x = x + F.linear(attn.reshape(*x.shape[:-1], c.num_heads * c.head_dim), lw["o"])
+        h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
+        return x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
 
     def forward(self, input_ids: torch.Tensor, kv_cache: torch.Tensor, cache_len: torch.Tensor,
                 num_layers: int | None = None, *, slots: torch.Tensor | None = None,
@@ -194,11 +217,8 @@ class LlamaModel:
         idx = slots.view(B, T, 1, 1).expand(B, T, c.num_kv_heads, c.head_dim)
         for i in range(n_layers):
             lw = self.w["layers"][i]
-            h = rms_norm(x, lw["input_norm"], c.rms_norm_eps) if "input_norm" in lw else x
-            q = F.linear(h, lw["q"], lw.get("q_bias")).view(B, T, c.num_heads, c.head_dim)
-            k = F.linear(h, lw["k"], lw.get("k_bias")).view(B, T, c.num_kv_heads, c.head_dim)
-            v = F.linear(h, lw["v"], lw.get("v_bias")).view(B, T, c.num_kv_heads, c.head_dim)
-            q, k = apply_rope(q, positions, self.inv_freq), apply_rope(k, positions, self.inv_freq)
+            q, k, v = self.qkv(lw, x)
+            q, k = self.rope(q, positions), self.rope(k, positions)
             kv_cache[i, 0].scatter_(1, idx, k)
             kv_cache[i, 1].scatter_(1, idx, v)
             if tree_mask is not None:
@@ -215,9 +235,7 @@ class LlamaModel:
                     q.transpose(1, 2), kv_cache[i, 0].transpose(1, 2), kv_cache[i, 1].transpose(1, 2),
                     attn_mask=visible.unsqueeze(1), enable_gqa=True,
                 ).transpose(1, 2).reshape(B, T, c.num_heads * c.head_dim)
-            x = x + F.linear(attn, lw["o"])
-            h = rms_norm(x, lw["post_norm"], c.rms_norm_eps)
-            x = x + F.linear(F.silu(F.linear(h, lw["gate"])) * F.linear(h, lw["up"]), lw["down"])
+            x = self.finish_layer(lw, x, attn)
         return rms_norm(x, self.w["norm"], c.rms_norm_eps) if final_norm else x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
