@@ -212,19 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         line["ring_prefill_s"] = min(times)
         line["speedup_vs_ring"] = min(times) / best.prefill_s
     if args.full_baseline and rank == 0:
+        from ..benchmarks.timing import wall_seconds
+
         t = torch.tensor(ids)
-        times = []
-        for it in range(args.repeats + 1):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            full_causal_prefill(model, t)
-            if cuda:
-                torch.cuda.synchronize()
-            if it > 0:
-                times.append(time.perf_counter() - t0)
-        line["full_prefill_s"] = min(times)
-        line["speedup_vs_full"] = min(times) / best.prefill_s
+        full_causal_prefill(model, t)  # warm-up
+        full = min(wall_seconds(lambda: full_causal_prefill(model, t), dev) for _ in range(args.repeats))
+        line["full_prefill_s"] = full
+        line["speedup_vs_full"] = full / best.prefill_s
     dist.barrier()
     if rank == 0:
         text = json.dumps(line)

@@ -13,7 +13,6 @@ prefill: one host's prefill of a Llama-3-8B-shape model (random bf16 weights) in
 
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from .. import _library
 from ..apb import attention_flops
 from ..apb.attention import apb_attention
 from .tree import matmul_tflops
-from .timing import time_us
+from .timing import time_us, wall_seconds
 
 HQ, HKV, D = 32, 8, 128
 LAYOUTS = {"128K": (16384, 4096, 2048), "32K": (4096, 1024, 512)}  # local, anchor, passing per host
@@ -112,16 +111,9 @@ def prefill_rows(device, context=131072, hosts=8) -> list[dict]:
     A, P = ApbConfig.PAPER_8_HOSTS.get(context, (context // hosts // 4, context // hosts // 8))
     apb_cfg = ApbConfig(hosts, anchor_len=A, passing_len=P)
 
-    def timed(fn, reps=2):
-        best = float("inf")
-        for i in range(reps + 1):
-            torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(device)
-            if i:
-                best = min(best, time.perf_counter() - t0)
-        return best
+    def timed(fn, reps=2):  # best of `reps` after one warm-up
+        fn()
+        return min(wall_seconds(fn, device) for _ in range(reps))
 
     rows = []
     host_s = {}

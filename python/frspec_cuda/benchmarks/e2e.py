@@ -16,7 +16,6 @@ GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU 
 
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -24,7 +23,7 @@ from ..models.eagle import random_eagle
 from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, random_model
 from ..spec import SpeculativeGenerator
 from ..vocab import FRVocab
-from .timing import copy_bandwidth_gbs
+from .timing import copy_bandwidth_gbs, wall_seconds
 
 TINY = dict(arch="llama", vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
             num_kv_heads=2, head_dim=32, max_position_embeddings=4096)
@@ -54,16 +53,6 @@ def _hf_model(model: LlamaModel):
     return hf.eval()
 
 
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def _weight_bytes(model: LlamaModel) -> int:
     """Bytes a decode step reads: every layer, the final norm and the LM head (the embedding
     contributes one row)."""
@@ -87,8 +76,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
 
     def decode_tok_s(gen_n):
         gen_n(1)  # warm-up
-        t1 = min(_timed(lambda: gen_n(1), device) for _ in range(2))
-        tn = _timed(lambda: gen_n(new + 1), device)
+        t1 = min(wall_seconds(lambda: gen_n(1), device) for _ in range(2))
+        tn = wall_seconds(lambda: gen_n(new + 1), device)
         return new / (tn - t1)
 
     ar = decode_tok_s(lambda n: generate_greedy(model, prompt, n, stop_ids=()))

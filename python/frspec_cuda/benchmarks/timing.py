@@ -36,6 +36,18 @@ def time_us(fn: Callable[[int], object], device: torch.device, warmup: int = 10,
     return statistics.median(times)
 
 
+def wall_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of one call of `fn`, the device synchronised before and after
+    (for long, host-driven runs: a prefill, a whole generation)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def copy_bandwidth_gbs(device: torch.device, nbytes: int | None = None) -> float:
     """Copy bandwidth in GB/s counting bytes read plus written (a large clone)."""
     if nbytes is None:
