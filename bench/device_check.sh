@@ -5,7 +5,8 @@
 #   bench/device_check.sh            use the carried python/frspec_cuda/_C.so + build/gpu/bench
 #   bench/device_check.sh --build    also time the documented pip install (CUDA mode) there
 # Environment: TESTS (pytest paths, default tests), SUITES ("apb tree", default all), QUICK=1,
-# NO_EXE=1 skips the bench executables and their sanitizer runs.
+# NO_EXE=1 skips the bench executables and their sanitizer runs, NO_SANITIZE=1 the op sanitizer runs,
+# TESTS=none the tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Everything goes to $LOG; at the end it is packed into $OUT/details.tgz (the device tool
@@ -33,8 +34,10 @@ fi
 python3 -m frspec_cuda info | tee "$LOG/info.txt"
 grep -q "build mode  *cuda$" "$LOG/info.txt" && note "frspec info: CUDA mode, kernels: $(grep 'CUDA kernels' "$LOG/info.txt" | sed 's/CUDA kernels *//')" || note "frspec info: NOT in CUDA mode"
 
-python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$LOG/pytest.txt" | tail -15
-note "pytest: $(tail -1 "$LOG/pytest.txt")"
+if [ "${TESTS:-}" != none ]; then
+  python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$LOG/pytest.txt" | tail -15
+  note "pytest: $(tail -1 "$LOG/pytest.txt")"
+fi
 
 for exe in build/gpu/bench/*_bench; do
   [ -x "$exe" ] && [ -z "${NO_EXE:-}" ] || continue
@@ -44,7 +47,7 @@ for exe in build/gpu/bench/*_bench; do
   "$exe" | tee "$LOG/$name.txt"
 done
 
-for tool in memcheck racecheck; do
+for tool in $([ -z "${NO_SANITIZE:-}" ] && echo memcheck racecheck); do
   timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/sanitize_ops.py >"$LOG/sanitizer_ops_$tool.txt" 2>&1
   note "compute-sanitizer $tool (every op, bench/sanitize_ops.py): rc=$? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitizer_ops_$tool.txt")"
 done
@@ -56,7 +59,7 @@ tar -czf "$OUT/details.tgz" -C "$LOG" .
 {
 echo; echo "==================== summary ===================="
 for line in "${summary[@]}"; do echo "$line"; done
-grep -h "^FAILED" "$LOG/pytest.txt"
+grep -hs "^FAILED" "$LOG/pytest.txt"
 for f in "$LOG"/*_bench.txt; do case $f in *sanitizer_*) continue;; esac; echo "-- $(basename "$f" .txt)"; cat "$f"; done
 echo "-- frspec bench"; grep -vE "^#" "$LOG/bench.txt"
 } | tee "$OUT/summary.txt"

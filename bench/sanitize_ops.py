@@ -37,5 +37,18 @@ for A, L, P, Dh in ((5, 200, 77, 128), (130, 3, 9, 64)):
     ka = torch.randn(P + A + L, 2, Dh, device=dev, dtype=torch.bfloat16)
     for impl in ("mma", "auto") if Dh == 64 else ("mma", "wgmma", "wgmma_ws", "wgmma_pingpong_windows", "auto"):
         apb_attention(qa, ka, torch.randn_like(ka), A, P, impl=impl)
+from frspec_cuda import decoder  # noqa: E402
+
+xs = torch.randn(3, 4095, device=dev, dtype=torch.bfloat16)
+ws = torch.randn(4095, device=dev, dtype=torch.bfloat16)
+decoder.rms_norm(xs, ws, 1e-5)
+decoder.add_rms_norm(xs, xs, ws, 1e-5)
+decoder.add_rms_norm(xs[:, :4088].contiguous(), xs[:, :4088].contiguous(), ws[:4088], 1e-5)  # 16-byte path
+decoder.silu_and_mul(torch.randn(5, 2 * 1037, device=dev, dtype=torch.float16))
+decoder.silu_and_mul(torch.randn(5, 2 * 1024, device=dev, dtype=torch.bfloat16))
+kc, vc = torch.randn(2, B, 40, 2, 64, device=dev, dtype=torch.bfloat16).unbind(0)
+slots = torch.tensor([[0, 39, 40, -1, 7], [1, 2, 3, 4, 5]], device=dev)
+decoder.rope_qk_store_kv(torch.randn(B, 5, (6 + 4) * 64, device=dev, dtype=torch.bfloat16), slots.abs(),
+                         torch.rand(32, device=dev), slots, kc, vc, 6)
 torch.cuda.synchronize()
 print("sanitize_ops: all ops ran")

@@ -339,6 +339,115 @@ std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::
   return {out, lse};
 }
 
+// ---- fused decoder-layer pieces (frspec/decoder.cuh) ----
+
+void check_norm_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Device& device) {
+  check_cuda(x, "x", device);
+  check_cuda(weight, "weight", device);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "x must be [..., hidden] with hidden > 0, got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), "weight must be [hidden] = [", x.size(-1),
+              "], got shape ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight dtype ", weight.scalar_type(),
+              " must equal x dtype ", x.scalar_type());
+  TORCH_CHECK(x.size(-1) <= (1 << 24), "hidden must be <= 2^24, got ", x.size(-1));
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const at::Device device = x.device();
+  check_norm_inputs(x, weight, device);
+  const frspec::DType dtype = to_frspec_dtype(x, "x");
+  const int64_t H = x.size(-1), rows = x.numel() / H;
+  TORCH_CHECK(rows <= 0x7fffffff, "rms_norm: at most 2^31 - 1 rows, got ", rows);
+  at::Tensor out = at::empty_like(x);
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::rms_norm(x.data_ptr(), nullptr, weight.data_ptr(), out.data_ptr(), nullptr, rows, H,
+                                static_cast<float>(eps), dtype, c10::cuda::getCurrentCUDAStream()),
+               "rms_norm");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                                const at::Tensor& weight, double eps) {
+  const at::Device device = x.device();
+  check_norm_inputs(x, weight, device);
+  check_cuda(residual, "residual", device);
+  TORCH_CHECK(residual.sizes() == x.sizes(), "residual shape ", residual.sizes(), " must equal x shape ", x.sizes());
+  TORCH_CHECK(residual.scalar_type() == x.scalar_type(), "residual dtype ", residual.scalar_type(),
+              " must equal x dtype ", x.scalar_type());
+  const frspec::DType dtype = to_frspec_dtype(x, "x");
+  const int64_t H = x.size(-1), rows = x.numel() / H;
+  TORCH_CHECK(rows <= 0x7fffffff, "add_rms_norm: at most 2^31 - 1 rows, got ", rows);
+  at::Tensor out = at::empty_like(x);
+  at::Tensor sum = at::empty_like(x);
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::rms_norm(x.data_ptr(), residual.data_ptr(), weight.data_ptr(), out.data_ptr(),
+                                sum.data_ptr(), rows, H, static_cast<float>(eps), dtype,
+                                c10::cuda::getCurrentCUDAStream()),
+               "add_rms_norm");
+  return {out, sum};
+}
+
+at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+  const at::Device device = gate_up.device();
+  check_cuda(gate_up, "gate_up", device);
+  TORCH_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0 && gate_up.size(-1) > 0,
+              "gate_up must be [..., 2 * intermediate], got shape ", gate_up.sizes());
+  const frspec::DType dtype = to_frspec_dtype(gate_up, "gate_up");
+  const int64_t I = gate_up.size(-1) / 2, rows = gate_up.numel() / (2 * I);
+  TORCH_CHECK(I <= (1 << 28), "intermediate must be <= 2^28, got ", I);
+  auto shape = gate_up.sizes().vec();
+  shape.back() = I;
+  at::Tensor out = at::empty(shape, gate_up.options());
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, I, dtype,
+                                    c10::cuda::getCurrentCUDAStream()),
+               "silu_and_mul");
+  return out;
+}
+
+at::Tensor rope_qk_store_kv(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& inv_freq,
+                            const at::Tensor& slots, at::Tensor& k_cache, at::Tensor& v_cache, int64_t num_heads) {
+  const at::Device device = qkv.device();
+  check_cuda(qkv, "qkv", device);
+  check_cuda(positions, "positions", device);
+  check_cuda(inv_freq, "inv_freq", device);
+  check_cuda(slots, "slots", device);
+  check_cuda(k_cache, "k_cache", device);
+  check_cuda(v_cache, "v_cache", device);
+  const frspec::DType dtype = to_frspec_dtype(qkv, "qkv");
+  TORCH_CHECK(k_cache.dim() == 4, "k_cache must be [B, max_len, kv_heads, head_dim], got shape ", k_cache.sizes());
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache shape ", v_cache.sizes(), " must equal k_cache shape ",
+              k_cache.sizes());
+  for (const auto& [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
+    TORCH_CHECK(t->scalar_type() == qkv.scalar_type(), name, " dtype ", t->scalar_type(), " must equal qkv dtype ",
+                qkv.scalar_type());
+  const int64_t B = k_cache.size(0), L = k_cache.size(1), Hkv = k_cache.size(2), D = k_cache.size(3);
+  TORCH_CHECK(num_heads > 0 && num_heads % Hkv == 0, "num_heads ", num_heads,
+              " must be a positive multiple of the cache's kv_heads ", Hkv);
+  TORCH_CHECK(D % 2 == 0 && D <= 2048, "head_dim must be even and <= 2048, got ", D);
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(0) == B && qkv.size(2) == (num_heads + 2 * Hkv) * D,
+              "qkv must be [B, T, (num_heads + 2 * kv_heads) * head_dim] = [", B, ", T, ",
+              (num_heads + 2 * Hkv) * D, "], got shape ", qkv.sizes());
+  const int64_t T = qkv.size(1);
+  for (const auto& [t, name] : {std::pair{&positions, "positions"}, std::pair{&slots, "slots"}}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong, name, " must be int64, got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == B && t->size(1) == T, name, " must be [B, T] = [", B, ", ", T,
+                "], got shape ", t->sizes());
+  }
+  TORCH_CHECK(inv_freq.scalar_type() == at::kFloat && inv_freq.dim() == 1 && inv_freq.size(0) == D / 2,
+              "inv_freq must be float32 [head_dim / 2] = [", D / 2, "], got ", inv_freq.scalar_type(), " ",
+              inv_freq.sizes());
+  TORCH_CHECK(B * T <= 0x7fffffff, "rope_qk_store_kv: at most 2^31 - 1 tokens");
+  at::Tensor q = at::empty({B, T, num_heads, D}, qkv.options());
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::rope_qk_store_kv(qkv.data_ptr(), positions.data_ptr<int64_t>(), inv_freq.data_ptr<float>(),
+                                        slots.data_ptr<int64_t>(), q.data_ptr(), k_cache.data_ptr(),
+                                        v_cache.data_ptr(), B, T, num_heads, Hkv, D, L, dtype,
+                                        c10::cuda::getCurrentCUDAStream()),
+               "rope_qk_store_kv");
+  return q;
+}
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -368,6 +477,11 @@ TORCH_LIBRARY(frspec_cuda, m) {
         " -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"
         " Tensor(c!) counter) -> ()");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor normed, Tensor sum)");
+  m.def("silu_and_mul(Tensor gate_up) -> Tensor");
+  m.def("rope_qk_store_kv(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor slots, Tensor(a!) k_cache,"
+        " Tensor(b!) v_cache, int num_heads) -> Tensor q");
 }
 
 TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
@@ -379,4 +493,8 @@ TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("compact_kv_cache", &compact_kv_cache);
   m.impl("tree_attention", &tree_attention);
   m.impl("apb_attention", &apb_attention);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("rope_qk_store_kv", &rope_qk_store_kv);
 }

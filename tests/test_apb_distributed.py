@@ -206,7 +206,7 @@ def test_torchrun_driver_reports_all_baselines(tmp_path):
     import sys
 
     out = tmp_path / "r.jsonl"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # gloo on CPU: any box has 2 "hosts"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
            "frspec_cuda.apb.distributed", "--config", "tiny", "--context-len", "600", "--new-tokens", "3",
            "--repeats", "1", "--full-baseline", "--ring-baseline", "--star-baseline", "--json", str(out)]

@@ -31,7 +31,10 @@ def test_e2e_suite_runs_on_cpu():
     rows = e2e.run(torch.device("cpu"), quick=True)
     impls = {r.get("impl") for r in rows}
     assert {"ar (ours, eager)", "HF transformers generate", "eagle2", "frspec"} <= impls, rows
-    spec_rows = [r for r in rows if r.get("impl") in ("eagle2", "frspec")]
+    spec_rows = [r for r in rows if r.get("impl") in ("eagle2", "frspec") and "iteration_ms" in r]
+    assert len(spec_rows) == 2
+    agreement = [r for r in rows if "identical" in r]
+    assert len(agreement) == 2 and all(r["diverged"] == 0 for r in agreement), agreement  # fp32: exact
     for r in spec_rows:
         assert r["iteration_ms"] > 0 and r["draft_ms"] > 0 and r["verify_ms"] > 0 and r["accept_len"] >= 1
     assert not any("failed" in str(r.get("note", "")) for r in rows), rows

@@ -91,6 +91,40 @@ def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path, over):
     assert same >= 15, f"only {same}/20 prompts identical"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_steps_equal_eager_steps(tmp_path):
+    """The AR decode step and the three parts of a speculative step replayed from CUDA
+    graphs give exactly the tokens (and acceptance lengths) of the same steps run eagerly:
+    greedy and sampling (same generator seed), self-draft and EAGLE head, FR vocabulary."""
+    from frspec_cuda import _library
+    from frspec_cuda.models.eagle import random_eagle
+    from frspec_cuda.spec.autoregressive import AutoregressiveDecoder
+
+    if not _library.LOADED:
+        pytest.skip("CUDA kernels not built")
+    write_checkpoint(tmp_path, "llama", num_hidden_layers=3, hidden_size=256, intermediate_size=512)  # head_dim 64
+    model = load_model(tmp_path, dtype=torch.bfloat16, device="cuda")
+    prompts = PROMPTS[:4]
+    for temperature in (0.0, 0.8):
+        graphed = AutoregressiveDecoder(model, 64, temperature, top_p=0.9)
+        eager = AutoregressiveDecoder(model, 64, temperature, top_p=0.9, cuda_graphs=False)
+        for i, prompt in enumerate(prompts):  # call 1 warms up, 2 captures, 3+ replay
+            a = graphed.generate(prompt, 12, (), generator=torch.Generator("cuda").manual_seed(i))
+            b = eager.generate(prompt, 12, (), generator=torch.Generator("cuda").manual_seed(i))
+            assert a == b, (temperature, prompt)
+        assert graphed.step.graph is not None and eager.step.graph is None
+    vocab = FRVocab(torch.arange(160, dtype=torch.int32), "first-160")
+    for kw in (dict(draft_layers=2), dict(eagle=random_eagle(model, seed=3), vocab=vocab)):
+        gens = [SpeculativeGenerator(model, depth=4, topk=4, num_nodes=16, cuda_graphs=on, **kw) for on in (1, 0)]
+        for temperature in (0.0, 0.8):
+            for i, prompt in enumerate(prompts):
+                runs = [g.generate(prompt, 14, (), temperature=temperature,
+                                   generator=torch.Generator("cuda").manual_seed(i)) for g in gens]
+                assert runs[0][0] == runs[1][0], (kw.keys(), temperature, prompt)
+                assert runs[0][1].accept_lengths == runs[1][1].accept_lengths
+            assert gens[0]._sess.verify.graph is not None and gens[1]._sess.verify.graph is None
+
+
 def test_target_probs_filters():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     p = spec.target_probs(logits, 1.0)

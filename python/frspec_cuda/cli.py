@@ -62,15 +62,22 @@ def cmd_bench(args) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {sorted(SUITES)}", file=sys.stderr)
         return 2
     print(f"# frspec bench on {_device_description() if device.type == 'cuda' else 'cpu'}")
-    all_rows = []
+    all_rows, failed = [], []
     for name in names:
-        rows = SUITES[name](device, quick=args.quick)
+        try:
+            rows = SUITES[name](device, quick=args.quick)
+        except Exception as exc:  # noqa: BLE001 - report it, run the other suites, exit non-zero
+            import traceback
+
+            traceback.print_exc()
+            rows = [dict(op=name, note=f"suite failed: {type(exc).__name__}: {exc}"[:300])]
+            failed.append(name)
         _print_table(rows)
         all_rows += rows
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_vocab_build(args) -> int:

@@ -102,3 +102,23 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
                           void* out, float* lse, cudaStream_t stream, ApbImpl impl = ApbImpl::kAuto);
 
 }  // namespace frspec
+
+namespace frspec {
+
+// Fused decoder-layer pieces (frspec/decoder.cuh; semantics in
+// python/frspec_cuda/reference/decoder.py). Row-major, contiguous.
+// rms_norm: x, out [rows, H], weight [H]; with residual [rows, H] non-null, sum_out =
+// round(x + residual) is written and normalised instead of x.
+cudaError_t rms_norm(const void* x, const void* residual, const void* weight, void* out, void* sum_out,
+                     int64_t rows, int64_t H, float eps, DType dtype, cudaStream_t stream);
+// silu_and_mul: gate_up [rows, 2 I] -> out [rows, I] = silu(gate) * up.
+cudaError_t silu_and_mul(const void* gate_up, void* out, int64_t rows, int64_t I, DType dtype, cudaStream_t stream);
+// rope_qk_store_kv: qkv [B, T, Hq + 2 Hkv, D] (the fused projection) -> q_out [B, T, Hq, D]
+// rotated (rotate-half RoPE at positions [B, T] with inv_freq [D / 2] fp32); keys rotated
+// and values copied into k_cache / v_cache [B, L, Hkv, D] at slots [B, T] (a slot outside
+// [0, L) writes nothing). D even, <= 2048.
+cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
+                             void* q_out, void* k_cache, void* v_cache, int64_t B, int64_t T, int64_t Hq,
+                             int64_t Hkv, int64_t D, int64_t L, DType dtype, cudaStream_t stream);
+
+}  // namespace frspec

@@ -2,16 +2,19 @@
 
 GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU (or
 --quick): a tiny model, prompt 32, 16 new tokens -- the harness, not a measurement.
-- ar: our autoregressive greedy decode (tok/s over the decode phase: the time of N + 1
-  tokens minus the time of 1), HF transformers `generate` on the same weights (shared, not
-  copied) and device, and the weight-read floor (weight bytes / copy bandwidth measured in
-  the run).
+- ar: our autoregressive greedy decode, CUDA-graph steps and eager (tok/s over the decode
+  phase: the time of N + 1 tokens minus the time of 1), HF transformers `generate` on the
+  same weights (shared, not copied) and device, and the weight-read floor (weight bytes /
+  copy bandwidth measured in the run).
 - eagle2 (full-vocabulary head) and frspec (the first 32768 ids, an FR-32k stand-in): a
   random EAGLE-1/2 head of the target's shape. Per speculative iteration: draft / verify /
   other milliseconds (device synchronised between phases), the iteration's bytes floor
   (target weights once + depth x (draft layer + fc + LM head rows)), mean acceptance. The
   head is random, so acceptance is ~1 token per iteration: the split and the draft-cost
-  ratio are the results here, not a speed-up.
+  ratio are the results here, not a speed-up; tok/s at the paper's acceptance lengths is
+  given as a labelled projection.
+- greedy agreement of eagle2 / frspec with ar (bf16): identical prompts, and for the others
+  the target's top-2 logit gap where they part (near-ties expected, nothing else).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import torch
 
 from ..models.eagle import random_eagle
-from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, random_model
+from ..models.llama import (LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, layer_weight_bytes,
+                            random_model)
 from ..spec import SpeculativeGenerator
+from ..spec.autoregressive import AutoregressiveDecoder
 from ..vocab import FRVocab
 from .timing import copy_bandwidth_gbs, wall_seconds
 
@@ -56,7 +61,7 @@ def _hf_model(model: LlamaModel):
 def _weight_bytes(model: LlamaModel) -> int:
     """Bytes a decode step reads: every layer, the final norm and the LM head (the embedding
     contributes one row)."""
-    n = sum(t.numel() * t.element_size() for lw in model.w["layers"] for t in lw.values())
+    n = sum(layer_weight_bytes(lw) for lw in model.w["layers"])
     return n + model.lm_head.numel() * model.lm_head.element_size() + model.w["norm"].numel() * 2
 
 
@@ -74,15 +79,26 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     rows = [dict(op="e2e", what=f"weight-read floor ({wbytes / 1e9:.2f} GB at {copy_gbs:.0f} GB/s)",
                  tok_s=round(floor_tok_s, 1))]
 
-    def decode_tok_s(gen_n):
-        gen_n(1)  # warm-up
+    def decode_tok_s(gen_n, warmup=new + 1):
+        gen_n(warmup)  # our decoders: at full length (cache sized, CUDA graph captured)
         t1 = min(wall_seconds(lambda: gen_n(1), device) for _ in range(2))
         tn = wall_seconds(lambda: gen_n(new + 1), device)
         return new / (tn - t1)
 
-    ar = decode_tok_s(lambda n: generate_greedy(model, prompt, n, stop_ids=()))
-    rows.append(dict(op="e2e", impl="ar (ours, eager)", what=shape, tok_s=round(ar, 1),
-                     x_floor=round(ar / floor_tok_s, 3)))
+    max_len = prompt_len + new + 2
+    ar_rows = {}
+    for graphs in (True, False):
+        dec = AutoregressiveDecoder(model, max_len, cuda_graphs=graphs)
+        tok_s = decode_tok_s(lambda n: dec.generate(prompt, n, stop_ids=()))
+        label = "ar (ours, CUDA graphs)" if graphs and dec.step.enabled else "ar (ours, eager)"
+        ar_rows[graphs] = tok_s
+        rows.append(dict(op="e2e", impl=label, what=shape, tok_s=round(tok_s, 1),
+                         x_floor=round(tok_s / floor_tok_s, 3)))
+        if graphs:
+            ar_dec = dec
+        else:
+            del dec
+    ar = ar_rows[True]
     try:
         hf = _hf_model(model)
         ids = torch.tensor([prompt], device=device)
@@ -92,21 +108,28 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                    do_sample=False)
 
-        hf_tok_s = decode_tok_s(hf_gen)
+        hf_tok_s = decode_tok_s(hf_gen, warmup=2)  # nothing to size; eager HF is slow
         rows.append(dict(op="e2e", impl="HF transformers generate", what=shape, tok_s=round(hf_tok_s, 1),
                          x_floor=round(hf_tok_s / floor_tok_s, 3), ours_vs_hf=round(ar / hf_tok_s, 2)))
         del hf
     except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
         rows.append(dict(op="e2e", impl="HF transformers generate", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
 
+    # greedy agreement prompts: the timed one + more, AR reference outputs
+    g = torch.Generator().manual_seed(1)
+    prompts = [prompt] + [torch.randint(0, cfg.vocab_size, (prompt_len,), generator=g).tolist()
+                          for _ in range(1 if small else 3)]
+    ar_outs = [ar_dec.generate(p, new, stop_ids=()) for p in prompts]
+
     head = random_eagle(model, seed=1)
-    head_layer_bytes = sum(t.numel() * t.element_size() for lw in head.body.w["layers"] for t in lw.values())
+    head_layer_bytes = sum(layer_weight_bytes(lw) for lw in head.body.w["layers"])
     head_layer_bytes += head.fc_weight.numel() * head.fc_weight.element_size()
     K = min(32768, cfg.vocab_size // 2)
     draft_ms = {}
+    paper_accept = {"eagle2": 3.89, "frspec": 3.63}  # FR-Spec paper, Llama-3-8B, full vs 32k vocabulary
     for mode, vocab in (("eagle2", None), ("frspec", FRVocab(torch.arange(K, dtype=torch.int32), f"first-{K}"))):
         gen = SpeculativeGenerator(model, vocab=vocab, eagle=head, depth=6, topk=10, num_nodes=60)
-        gen.generate(prompt, 8, stop_ids=())  # warm-up
+        gen.generate(prompt, new, stop_ids=())  # warm-up at full length (session sized, graphs captured)
         out, st = gen.generate(prompt, new, stop_ids=(), timing=True)
         it = max(st.steps, 1)
         rows_k = cfg.vocab_size if vocab is None else K
@@ -115,10 +138,40 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         total_ms = 1e3 * (st.draft_s + st.verify_s + st.other_s) / it
         draft_ms[mode] = 1e3 * st.draft_s / it
         rows.append(dict(op="e2e", impl=mode, what=f"{shape}, random EAGLE head, depth 6 / top-k 10 / 60 nodes, "
-                         f"LM head rows {rows_k}", iteration_ms=round(total_ms, 2),
+                         f"LM head rows {rows_k}, CUDA graphs {'on' if gen._sess.verify.enabled else 'off'}",
+                         iteration_ms=round(total_ms, 2),
                          draft_ms=round(draft_ms[mode], 2), verify_ms=round(1e3 * st.verify_s / it, 2),
                          other_ms=round(1e3 * st.other_s / it, 2), floor_ms=round(it_floor_ms, 3),
-                         x_floor=round(total_ms / it_floor_ms, 2), accept_len=round(st.mean_accept_length, 2)))
+                         x_floor=round(total_ms / it_floor_ms, 2), accept_len=round(st.mean_accept_length, 2),
+                         projected_tok_s=round(paper_accept[mode] / total_ms * 1e3, 1),
+                         projection=f"PROJECTION at the paper's acceptance length {paper_accept[mode]}"))
+        rows.append(_agreement(model, gen, mode, prompts, ar_outs, new, device))
     rows.append(dict(op="e2e", what="frspec draft time / eagle2 draft time (goal <= 0.5)",
                      ratio=round(draft_ms["frspec"] / draft_ms["eagle2"], 3)))
     return rows
+
+
+NEAR_TIE = 0.125  # top-2 logit gap counted as a tie for logits up to 4 in magnitude (a few bf16 ulps)
+
+
+def _agreement(model: LlamaModel, gen: SpeculativeGenerator, mode: str, prompts, ar_outs, new: int, device) -> dict:
+    """Greedy speculative output vs our AR output per prompt: identical, or where they part,
+    the AR logits' top-2 gap at that token (a near-tie when below NEAR_TIE, scaled with the
+    logits' magnitude as bf16 spacing is)."""
+    same, gaps, ties = 0, [], 0
+    for p, expect in zip(prompts, ar_outs):
+        got, _ = gen.generate(p, new, stop_ids=())
+        if got == expect:
+            same += 1
+            continue
+        j = next((i for i, (a, b) in enumerate(zip(got, expect)) if a != b), min(len(got), len(expect)))
+        ctx = torch.tensor([p + expect[:j]], device=device)
+        cache = model.new_cache(1, ctx.shape[1] + 1)
+        logits = model.logits(model.forward(ctx, cache, torch.zeros(1, dtype=torch.int32, device=device))[:, -1])
+        top2 = logits[0].topk(2).values
+        gap = float(top2[0] - top2[1])
+        tie = NEAR_TIE * max(1.0, float(logits.abs().max()) / 4)
+        gaps.append(round(gap, 4))
+        ties += gap < tie
+    return dict(op="e2e", impl=mode, what=f"greedy agreement with ar over {len(prompts)} prompts x {new} tokens",
+                identical=same, diverged=len(prompts) - same, divergences_at_near_ties=ties, top2_gaps=gaps)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops, tree
+from ..graphs import GraphedStep, graphs_supported
 from ..models.eagle import EagleDraft
 from ..models.llama import LlamaModel
 from ..vocab import FRVocab
@@ -61,7 +62,8 @@ class SpecStats:
 
 class SpeculativeGenerator:
     def __init__(self, target: LlamaModel, draft_layers: int = 1, vocab: FRVocab | None = None,
-                 depth: int = 6, topk: int = 10, num_nodes: int = 60, eagle: EagleDraft | None = None):
+                 depth: int = 6, topk: int = 10, num_nodes: int = 60, eagle: EagleDraft | None = None,
+                 cuda_graphs: bool = True):
         if not 1 <= draft_layers <= target.cfg.num_layers:
             raise ValueError(f"draft_layers must be in [1, {target.cfg.num_layers}], got {draft_layers}")
         if not (1 <= topk <= 64 and depth >= 1 and 2 <= num_nodes <= 1024):
@@ -84,6 +86,8 @@ class SpeculativeGenerator:
             raise ValueError(f"vocabulary {vocab.source} has ids >= the model's vocab_size {V}")
         self.vocab_ids = vocab.ids.to(target.device)
         self.draft_head = vocab.slice_lm_head(target.lm_head)  # sliced once, at load time
+        self.cuda_graphs = cuda_graphs
+        self._sess: _Session | None = None
 
     # ----------------------------------------------------------------------- drafting
 
@@ -96,22 +100,21 @@ class SpeculativeGenerator:
             return self.eagle.forward(tokens, features, cache, zero, **attention)
         return self.target.forward(tokens, cache, zero, self.draft_layers, **attention)
 
-    def _draft(self, root: int, cache: torch.Tensor, cache_len: int, root_feature: torch.Tensor | None):
-        """EAGLE-2 drafting; returns the history (tokens, parents, scores) [1, M] with
+    def _draft(self, s: "_Session") -> None:
+        """EAGLE-2 drafting into s.hist = (tokens, parents, scores) [1, M] with
         M = topk + (depth - 1) * topk^2. The root is processed at draft slot `root_slot`
         (cache_len for the self-draft, one less for EAGLE, whose slot i holds token i + 1),
-        then each level's `topk` beams at the next slots. All on the device: no host sync."""
-        dev, k = self.target.device, self.topk
-        L = cache.shape[3]
-        root_slot = cache_len - 1 if self.eagle is not None else cache_len
+        then each level's `topk` beams at the next slots. Device tensors only."""
+        dev, k, L = self.target.device, self.topk, s.L
+        root_slot = s.cache_len.to(torch.long) - (1 if self.eagle is not None else 0)  # [1]
         M = k + (self.depth - 1) * k * k
         h_tok = torch.empty(M, dtype=torch.long, device=dev)
         h_par = torch.empty(M, dtype=torch.int32, device=dev)
         h_score = torch.empty(M, dtype=torch.float32, device=dev)
-        base_visible = torch.arange(L, device=dev) <= root_slot  # prefix + root slot
-        feat = None if root_feature is None else root_feature.view(1, 1, -1)
-        slot = torch.tensor([[root_slot]], device=dev)
-        root_hidden = self._draft_forward(torch.tensor([[root]], device=dev), feat, cache, slots=slot, positions=slot,
+        base_visible = s.slot_ids <= root_slot  # prefix + root slot
+        feat = s.root_feature.view(1, 1, -1) if self.eagle is not None else None
+        slot = root_slot.view(1, 1)
+        root_hidden = self._draft_forward(s.root.view(1, 1), feat, s.d_cache, slots=slot, positions=slot,
                                           visible=base_visible.view(1, 1, L))
         ids, lp = self._draft_topk(root_hidden[:, -1], k)
         h_tok[:k], h_par[:k], h_score[:k] = ids[0], -1, lp[0]
@@ -119,17 +122,14 @@ class SpeculativeGenerator:
         beam_feat = root_hidden[0, -1].expand(k, -1)   # EAGLE: the feature each beam is expanded with
         parent_vis = base_visible.expand(k, L)         # its parent's visible slots
         rows = torch.arange(k, device=dev)
-        n, next_slot = k, root_slot + 1
+        n = k
         for level in range(1, self.depth):
-            slots = torch.arange(next_slot, next_slot + k, device=dev)
-            vis = parent_vis.clone()
-            vis[rows, slots] = True  # own slot
+            slots = root_slot + 1 + (level - 1) * k + rows
+            vis = parent_vis.clone().scatter_(1, slots.unsqueeze(1), True)  # + own slot
             hidden = self._draft_forward(h_tok[beams].unsqueeze(0),
-                                         beam_feat.unsqueeze(0) if self.eagle is not None else None, cache,
-                                         slots=slots.unsqueeze(0),
-                                         positions=torch.full((1, k), root_slot + level, device=dev),
+                                         beam_feat.unsqueeze(0) if self.eagle is not None else None, s.d_cache,
+                                         slots=slots.unsqueeze(0), positions=(root_slot + level).expand(1, k),
                                          visible=vis.unsqueeze(0))
-            next_slot += k
             ids, lp = self._draft_topk(hidden[0], k)  # [k beams, k children]
             scores = (h_score[beams].unsqueeze(1) + lp).reshape(-1)
             h_tok[n:n + k * k] = ids.reshape(-1)
@@ -139,9 +139,66 @@ class SpeculativeGenerator:
             parent = best // k
             beams, beam_feat, parent_vis = n + best, hidden[0, parent], vis[parent]
             n += k * k
-        return h_tok.unsqueeze(0), h_par.unsqueeze(0), h_score.unsqueeze(0)
+        s.hist = (h_tok.unsqueeze(0), h_par.unsqueeze(0), h_score.unsqueeze(0))
+
+    # ----------------------------------------------------------------- one step, 3 parts
+
+    def _verify(self, s: "_Session") -> None:
+        """Build the tree from s.hist; the target scores every node in one forward (nodes at
+        slots cache_len + node, tree attention); greedy or sampling verification."""
+        m = self.target
+        # (inputs built here are well-formed: the ops' host-side validation, a device sync, is skipped)
+        t = tree.build_dynamic_tree(*s.hist, s.root, s.cache_len, s.num_nodes, validate=False)
+        hidden = m.forward(t.tokens, s.t_cache, s.cache_len, slots=s.cache_len.to(torch.long).view(1, 1) + s.node_ids,
+                           positions=t.positions, tree_mask=t.mask)
+        logits = m.logits(hidden)
+        temperature, top_k, top_p = s.sampling
+        if temperature > 0:
+            v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
+                                          uniforms=s.uniforms, validate=False)
+        else:
+            v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1), validate=False)
+        s.tree, s.hidden, s.verdict = t, hidden, v
+
+    def _commit(self, s: "_Session") -> None:
+        """Emit the accepted tokens + bonus into s.emit = [n, tokens (n of them), padding];
+        re-feed the accepted drafts to the draft model with a fixed shape (depth tokens: the
+        slots past the accepted ones are overwritten by the next drafting before anything
+        sees them); move the accepted nodes' K/V into place and advance cache_len; the bonus
+        is the next root."""
+        t, v, hidden = s.tree, s.verdict, s.hidden
+        P = s.path_len
+        n_acc = v.accept_len.to(torch.long)                       # [1], root included
+        path = v.accepted[0, :P].to(torch.long).clamp(min=0)     # node indices, padding -> 0
+        drafted = t.tokens[0, path[1:]]                          # accepted drafts (valid below n_acc - 1)
+        emitted = torch.cat([drafted, v.bonus])                  # [P]
+        emitted = torch.where(s.path_ids == n_acc - 1, v.bonus, emitted)
+        s.emit[0] = n_acc[0]
+        s.emit[1:] = emitted
+        R = self.depth
+        refeed_tokens = emitted[:R].unsqueeze(0) if P > R else torch.cat(
+            [emitted, emitted.new_zeros(R - P)]).unsqueeze(0)
+        last = path.gather(0, n_acc - 1)                          # the deepest accepted node
+        if self.eagle is not None:
+            # pairs (a_j, h of the node before a_j) at draft slots cache_len + j
+            feat_idx = torch.cat([path, path.new_zeros(max(R - P, 0))])[:R]
+            self.eagle.forward(refeed_tokens, hidden[:, feat_idx], s.d_cache, s.cache_len,
+                               slots=s.cache_len.to(torch.long).view(1, 1) + s.refeed_ids)
+            s.root_feature.copy_(hidden[0].index_select(0, last)[0])
+        else:  # self-draft: a_j at its own position cache_len + j (j >= 1)
+            self.target.forward(refeed_tokens, s.d_cache, s.cache_len, self.draft_layers,
+                                slots=s.cache_len.to(torch.long).view(1, 1) + 1 + s.refeed_ids)
+        s.root.copy_(v.bonus)
+        tree.compact_kv_cache(s.t_cache, s.cache_len, v.accepted, v.accept_len)  # advances cache_len
 
     # ------------------------------------------------------------------------ decoding
+
+    def _session(self, max_len: int, sampling: tuple) -> "_Session":
+        s = self._sess
+        if s is None or s.L < max_len or s.sampling != sampling:
+            self._sess = None  # free the old caches first
+            s = self._sess = _Session(self, max_len + 64, sampling)
+        return s
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None, *,
@@ -153,27 +210,29 @@ class SpeculativeGenerator:
         each step's accepted tokens (streaming); `timing` fills the stats' phase split."""
         m, dev = self.target, self.target.device
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
-        L = len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2
         eagle = self.eagle
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
         if eagle is not None and len(prompt_ids) < 2:
             raise ValueError("an EAGLE draft needs a prompt of at least 2 tokens (its input pairs each token with "
                              "the target's feature of the previous one)")
-        t_cache = m.new_cache(1, L)
-        d_cache = eagle.new_cache(1, L) if eagle is not None else m.new_cache(1, L)
+        if temperature > 0:
+            target_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validates the settings
+        s = self._session(len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2,
+                          (temperature, top_k, top_p) if temperature > 0 else (0.0, 0, 1.0))
         # Prefill everything but the last prompt token (the first root) into both caches.
         prefix = torch.tensor([prompt_ids[:-1]], device=dev)
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
-        root_feature = None
         if prefix.shape[1]:
-            feats = m.forward(prefix, t_cache, zero)
+            feats = m.forward(prefix, s.t_cache, zero)
             if eagle is None:
-                m.forward(prefix, d_cache, zero, self.draft_layers)
+                m.forward(prefix, s.d_cache, zero, self.draft_layers)
             else:  # pairs (x_{i+1}, h_i) for i < n - 2; the root's pair is drafted with the tree
                 if prefix.shape[1] > 1:
-                    eagle.forward(prefix[:, 1:], feats[:, :-1], d_cache, zero)
-                root_feature = feats[0, -1]
-        cache_len = len(prompt_ids) - 1
-        root = prompt_ids[-1]
+                    eagle.forward(prefix[:, 1:], feats[:, :-1], s.d_cache, zero)
+                s.root_feature.copy_(feats[0, -1])
+        s.cache_len.fill_(len(prompt_ids) - 1)
+        s.root.fill_(prompt_ids[-1])
         out: list[int] = []
         stats = SpecStats()
 
@@ -183,40 +242,16 @@ class SpeculativeGenerator:
             return time.perf_counter()
 
         while len(out) < max_new_tokens:
-            t0 = mark()
-            hist = self._draft(root, d_cache, cache_len, root_feature)
-            t1 = mark()
-            cl = torch.tensor([cache_len], dtype=torch.int32, device=dev)
-            # (inputs built here are well-formed: the ops' host-side validation, a device sync, is skipped)
-            t = tree.build_dynamic_tree(*hist, torch.tensor([root], device=dev), cl,
-                                        min(self.num_nodes, hist[0].shape[1] + 1), validate=False)
-            # the target scores every node at once: nodes at slots cache_len + node, tree attention
-            N = t.tokens.shape[1]
-            hidden = m.forward(t.tokens, t_cache, cl, slots=cache_len + torch.arange(N, device=dev).unsqueeze(0),
-                               positions=t.positions, tree_mask=t.mask)  # explicit slots: no bounds-check sync
-            logits = m.logits(hidden)
             if temperature > 0:
-                v = tree.verify_tree_sampling(t.tokens, t.parents, target_probs(logits, temperature, top_k, top_p),
-                                              generator=generator, validate=False)
-            else:
-                v = tree.verify_tree_greedy(t.tokens, t.parents, logits.argmax(-1), validate=False)
-            n_acc = int(v.accept_len[0])
+                s.uniforms.copy_(1.0 - torch.rand(1, s.num_nodes, generator=generator, device=dev))
+            t0 = mark()
+            s.draft()
+            t1 = mark()
+            s.verify()
             t2 = mark()
-            path = v.accepted[0, :n_acc]
-            tree.compact_kv_cache(t_cache, cl, v.accepted, v.accept_len)
-            new_tokens = t.tokens[0, path[1:].long()].tolist() + [int(v.bonus[0])]
-            # Draft cache: keep the root (processed at its slot), re-feed the accepted drafts.
-            if eagle is not None:
-                if n_acc > 1:  # (a_j, h of the node before a_j) at slots cache_len .. cache_len + n_acc - 2
-                    refeed = cache_len + torch.arange(n_acc - 1, device=dev).unsqueeze(0)
-                    eagle.forward(torch.tensor([new_tokens[:-1]], device=dev), hidden[:, path[:-1].long()], d_cache,
-                                  cl, slots=refeed)
-                root_feature = hidden[0, path[-1].long()]
-            elif n_acc > 1:
-                m.forward(torch.tensor([new_tokens[:-1]], device=dev), d_cache, cl, self.draft_layers,
-                          slots=cache_len + 1 + torch.arange(n_acc - 1, device=dev).unsqueeze(0))
-            cache_len += n_acc
-            root = new_tokens[-1]
+            s.commit()
+            emit = s.emit.tolist()  # the one host read per step
+            n_acc, new_tokens = emit[0], emit[1:1 + emit[0]]
             if timing:
                 t3 = mark()
                 stats.draft_s += t1 - t0
@@ -237,3 +272,32 @@ class SpeculativeGenerator:
             if out[-1] in stop or len(out) >= max_new_tokens:
                 return out, stats
         return out, stats
+
+
+class _Session:
+    """What one cache size and sampling setting needs: both caches, the step's persistent
+    device tensors and its three parts as `GraphedStep`s (CUDA graphs on the GPU, sharing
+    one memory pool: they always run in capture order)."""
+
+    def __init__(self, gen: SpeculativeGenerator, L: int, sampling: tuple):
+        m, dev = gen.target, gen.target.device
+        self.L, self.sampling = L, sampling
+        self.t_cache = m.new_cache(1, L)
+        self.d_cache = gen.eagle.new_cache(1, L) if gen.eagle is not None else m.new_cache(1, L)
+        M = gen.topk + (gen.depth - 1) * gen.topk * gen.topk
+        self.num_nodes = min(gen.num_nodes, M + 1)
+        self.path_len = min(gen.depth + 1, self.num_nodes)
+        self.cache_len = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.root = torch.zeros(1, dtype=torch.long, device=dev)
+        self.root_feature = torch.zeros(m.cfg.hidden_size, dtype=m.dtype, device=dev)
+        self.uniforms = torch.ones(1, self.num_nodes, dtype=torch.float32, device=dev)
+        self.emit = torch.zeros(1 + self.path_len, dtype=torch.long, device=dev)
+        self.slot_ids = torch.arange(L, device=dev)
+        self.node_ids = torch.arange(self.num_nodes, device=dev).unsqueeze(0)
+        self.path_ids = torch.arange(self.path_len, device=dev)
+        self.refeed_ids = torch.arange(gen.depth, device=dev).unsqueeze(0)
+        on = gen.cuda_graphs and graphs_supported(m)
+        pool = torch.cuda.graph_pool_handle() if on else None
+        self.draft = GraphedStep(lambda: gen._draft(self), dev, on, pool)
+        self.verify = GraphedStep(lambda: gen._verify(self), dev, on, pool)
+        self.commit = GraphedStep(lambda: gen._commit(self), dev, on, pool)

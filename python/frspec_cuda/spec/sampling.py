@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from ..models.llama import LlamaModel, generate_autoregressive
-
 
 def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """logits [..., V] -> fp32 probabilities after temperature, then top-k, then top-p
@@ -30,12 +28,17 @@ def target_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p
     return p
 
 
-def generate_sample(model: LlamaModel, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-                    top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                    stop_ids: tuple[int, ...] | None = None, on_tokens=None) -> list[int]:
-    """Autoregressive sampling baseline (batch 1)."""
+def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling without host sync: probs [..., V], uniform [...] in (0, 1] ->
+    the first token whose cumulative probability (fp64) reaches uniform x total, which
+    always has non-zero probability."""
+    cdf = probs.double().cumsum(-1)
+    target = (uniform.double().reshape(*cdf.shape[:-1], 1) * cdf[..., -1:])
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
-    def choose(logits: torch.Tensor) -> int:
-        return int(torch.multinomial(target_probs(logits, temperature, top_k, top_p), 1, generator=generator))
 
-    return generate_autoregressive(model, prompt_ids, max_new_tokens, choose, stop_ids, on_tokens)
+def generate_sample(*args, **kwargs):
+    """Autoregressive sampling baseline (batch 1); see `autoregressive.generate_sample`."""
+    from .autoregressive import generate_sample as impl
+
+    return impl(*args, **kwargs)

@@ -1,0 +1,140 @@
+// Fused element-wise pieces of a Llama decoder layer, so that a decode step is a handful
+// of kernels per layer instead of ~40 (each tiny kernel costs ~1-2 us even inside a CUDA
+// graph; 32 layers x 40 of them would add >1 ms to a 5.3 ms weight-read floor).
+// Semantics in python/frspec_cuda/reference/decoder.py; rounding follows PyTorch eager:
+// every intermediate that eager PyTorch stores in the model dtype is rounded here too,
+// and the RoPE products are computed without FMA contraction, as eager's separate kernels do.
+#pragma once
+
+#include "frspec/common.cuh"
+
+namespace frspec {
+
+// Block-wide sum for up to 1024 threads (blockDim.x a multiple of 32).
+__device__ __forceinline__ float block_sum(float v, float* scratch /* [32] */) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? scratch[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One block per row of H. With `residual` (non-null): sum = round(x + residual) is written
+// to `sum_out` and normalised; otherwise x is. out = round(round(s * rsqrt(mean(s^2) + eps))
+// * weight), the HF LlamaRMSNorm rounding. VEC elements per access (8 = 16 bytes, or 1).
+// The row is held in registers between the two passes when it fits (H <= VEC * threads *
+// kMaxChunks), else re-read.
+template <typename T, int VEC>
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ residual,
+                                const T* __restrict__ weight, T* __restrict__ out,
+                                T* __restrict__ sum_out, int H, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * H;
+  const T* rr = residual ? residual + row * H : nullptr;
+  T* sr = sum_out ? sum_out + row * H : nullptr;
+  float ss = 0.f;
+  for (int i = threadIdx.x * VEC; i < H; i += blockDim.x * VEC) {
+    Vec<T, VEC> a;
+    a.load(xr + i);
+    if (rr) {
+      Vec<T, VEC> b;
+      b.load(rr + i);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) a.v[j] = from_float<T>(to_float(a.v[j]) + to_float(b.v[j]));
+      a.store(sr + i);
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float f = to_float(a.v[j]);
+      ss += f * f;
+    }
+  }
+  const float r = rsqrtf(block_sum(ss, scratch) / H + eps);
+  // Second pass reads back the (already rounded) sum this thread wrote: same thread, same
+  // addresses, so no synchronisation is needed.
+  const T* src = rr ? sr : xr;
+  T* dst = out + row * H;
+  for (int i = threadIdx.x * VEC; i < H; i += blockDim.x * VEC) {
+    Vec<T, VEC> a, w;
+    a.load(src + i);
+    w.load(weight + i);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const T normed = from_float<T>(to_float(a.v[j]) * r);
+      a.v[j] = from_float<T>(to_float(normed) * to_float(w.v[j]));
+    }
+    a.store(dst + i);
+  }
+}
+
+// out[r, i] = round(round(silu(g)) * u) with g = gate_up[r, i], u = gate_up[r, I + i].
+template <typename T, int VEC>
+__global__ void silu_and_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows,
+                                    int I) {
+  const int64_t per_row = I / VEC;
+  const int64_t total = rows * per_row;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = idx / per_row;
+    const int i = static_cast<int>(idx % per_row) * VEC;
+    Vec<T, VEC> g, u;
+    g.load_nc(gate_up + r * 2 * I + i);
+    u.load_nc(gate_up + r * 2 * I + I + i);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float gf = to_float(g.v[j]);
+      const T s = from_float<T>(gf / (1.f + expf(-gf)));
+      g.v[j] = from_float<T>(to_float(s) * to_float(u.v[j]));
+    }
+    g.store(out + r * I + i);
+  }
+}
+
+// One block per (token, head) of the fused projection qkv [tokens, Hq + 2 Hkv, D], D / 2
+// threads (thread i owns the rotate-half pair (i, i + D/2)). Query heads are rotated into
+// q_out [tokens, Hq, D]; key heads are rotated and value heads copied into the caches
+// [B, L, Hkv, D] at slot slots[token] of sequence token / T. Tokens whose slot lies outside
+// [0, L) write nothing to the caches (their q is still produced).
+template <typename T>
+__global__ void rope_qk_store_kv_kernel(const T* __restrict__ qkv, const int64_t* __restrict__ positions,
+                                        const float* __restrict__ inv_freq, const int64_t* __restrict__ slots,
+                                        T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                        int T_len, int Hq, int Hkv, int D, int64_t L) {
+  const int64_t token = blockIdx.x;
+  const int head = blockIdx.y;
+  const int i = threadIdx.x, half = D / 2;
+  const T* src = qkv + (token * (Hq + 2 * Hkv) + head) * D;
+  if (head >= Hq + Hkv) {  // value head: copy
+    const int64_t slot = slots[token];
+    if (slot < 0 || slot >= L) return;
+    const int64_t b = token / T_len;
+    T* dst = v_cache + ((b * L + slot) * Hkv + (head - Hq - Hkv)) * D;
+    dst[i] = src[i];
+    dst[i + half] = src[i + half];
+    return;
+  }
+  // angle = float(pos) * inv_freq, then x * cos + rotate_half(x) * sin, each product and
+  // the sum rounded separately (no FMA), as the eager reference computes it
+  const float angle = __fmul_rn(static_cast<float>(positions[token]), inv_freq[i]);
+  const float c = cosf(angle), s = sinf(angle);
+  const float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
+  const T y1 = from_float<T>(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(-x2, s)));
+  const T y2 = from_float<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+  T* dst;
+  if (head < Hq) {
+    dst = q_out + (token * Hq + head) * D;
+  } else {
+    const int64_t slot = slots[token];
+    if (slot < 0 || slot >= L) return;
+    const int64_t b = token / T_len;
+    dst = k_cache + ((b * L + slot) * Hkv + (head - Hq)) * D;
+  }
+  dst[i] = y1;
+  dst[i + half] = y2;
+}
+
+}  // namespace frspec

@@ -1,0 +1,89 @@
+// Instantiations and launchers of the fused decoder-layer pieces (see frspec/decoder.cuh).
+#include "frspec/decoder.cuh"
+#include "frspec/ops.h"
+
+#include <algorithm>
+
+namespace frspec {
+namespace {
+
+template <typename T>
+cudaError_t launch_rms_norm(const void* x, const void* residual, const void* weight, void* out, void* sum_out,
+                            int64_t rows, int64_t H, float eps, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec = H % kVec == 0 && is_aligned(x, 16) && is_aligned(weight, 16) && is_aligned(out, 16) &&
+                   (!residual || (is_aligned(residual, 16) && is_aligned(sum_out, 16)));
+  const int per_thread = vec ? kVec : 1;
+  // one access per thread where the row allows (latency: a decode step has one row), a
+  // multiple of 32 threads, at most 1024
+  const int block = static_cast<int>(std::min<int64_t>(1024, ceil_div(ceil_div(H, per_thread), 32) * 32));
+  auto args = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(rows), block, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight),
+        static_cast<T*>(out), static_cast<T*>(sum_out), static_cast<int>(H), eps);
+  };
+  if (vec)
+    args(rms_norm_kernel<T, kVec>);
+  else
+    args(rms_norm_kernel<T, 1>);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_silu_and_mul(const void* gate_up, void* out, int64_t rows, int64_t I, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec = I % kVec == 0 && is_aligned(gate_up, 16) && is_aligned(out, 16);
+  const int64_t work = rows * (vec ? I / kVec : I);
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(work, threads), 132 * 16));
+  if (vec)
+    silu_and_mul_kernel<T, kVec><<<blocks, threads, 0, stream>>>(static_cast<const T*>(gate_up),
+                                                                 static_cast<T*>(out), rows, static_cast<int>(I));
+  else
+    silu_and_mul_kernel<T, 1><<<blocks, threads, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out),
+                                                              rows, static_cast<int>(I));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t rms_norm(const void* x, const void* residual, const void* weight, void* out, void* sum_out,
+                     int64_t rows, int64_t H, float eps, DType dtype, cudaStream_t stream) {
+  if (rows < 0 || H <= 0 || H > (1 << 24) || rows > 0x7fffffff || (residual && !sum_out))
+    return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  return dtype == DType::kBFloat16
+             ? launch_rms_norm<__nv_bfloat16>(x, residual, weight, out, sum_out, rows, H, eps, stream)
+             : launch_rms_norm<__half>(x, residual, weight, out, sum_out, rows, H, eps, stream);
+}
+
+cudaError_t silu_and_mul(const void* gate_up, void* out, int64_t rows, int64_t I, DType dtype, cudaStream_t stream) {
+  if (rows < 0 || I <= 0 || I > (1 << 28)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  return dtype == DType::kBFloat16 ? launch_silu_and_mul<__nv_bfloat16>(gate_up, out, rows, I, stream)
+                                   : launch_silu_and_mul<__half>(gate_up, out, rows, I, stream);
+}
+
+cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
+                             void* q_out, void* k_cache, void* v_cache, int64_t B, int64_t T, int64_t Hq,
+                             int64_t Hkv, int64_t D, int64_t L, DType dtype, cudaStream_t stream) {
+  if (B < 0 || T < 0 || Hq <= 0 || Hkv <= 0 || D < 2 || D % 2 || D > 2048 || Hq + 2 * Hkv > 65535 ||
+      B * T > 0x7fffffff || L <= 0)
+    return cudaErrorInvalidValue;
+  if (B * T == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(B * T), static_cast<unsigned>(Hq + 2 * Hkv));
+  const int threads = static_cast<int>(D / 2);
+  if (dtype == DType::kBFloat16)
+    rope_qk_store_kv_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(q_out),
+        static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), static_cast<int>(T),
+        static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(D), L);
+  else
+    rope_qk_store_kv_kernel<__half><<<grid, threads, 0, stream>>>(
+        static_cast<const __half*>(qkv), positions, inv_freq, slots, static_cast<__half*>(q_out),
+        static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), static_cast<int>(T), static_cast<int>(Hq),
+        static_cast<int>(Hkv), static_cast<int>(D), L);
+  return cudaGetLastError();
+}
+
+}  // namespace frspec

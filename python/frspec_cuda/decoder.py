@@ -1,0 +1,72 @@
+"""Fused element-wise pieces of a Llama decoder layer: RMSNorm, residual add + RMSNorm,
+SiLU-and-mul, and RoPE on the fused q/k/v projection with the K/V-cache store. On CUDA
+each is one kernel (`csrc/include/frspec/decoder.cuh`) for fp16 / bf16, which is what makes
+a CUDA-graph decode step approach the weight-read floor; CPU tensors and fp32 run the
+reference. Results equal the eager PyTorch layer's up to the order of the RMSNorm reduction."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library
+from .reference import decoder as ref
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _kernel(t: torch.Tensor, op: str) -> bool:
+    if not (t.is_cuda and t.dtype in _KERNEL_DTYPES):
+        return False
+    _library.require_kernel(op)
+    return True
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not _kernel(x, "rms_norm"):
+        return ref.rms_norm(x, weight, eps)
+    return torch.ops.frspec_cuda.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual); nothing is modified in place."""
+    if not _kernel(x, "add_rms_norm"):
+        return ref.add_rms_norm(x, residual, weight, eps)
+    return torch.ops.frspec_cuda.add_rms_norm(x, residual, weight, eps)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if not _kernel(gate_up, "silu_and_mul"):
+        return ref.silu_and_mul(gate_up)
+    return torch.ops.frspec_cuda.silu_and_mul(gate_up)
+
+
+def rope_qk_store_kv(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, slots: torch.Tensor,
+                     k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """qkv [B, T, (num_heads + 2 Hkv) D], positions / slots [B, T] int64, inv_freq [D / 2]
+    fp32, caches [B, L, Hkv, D] (written in place at `slots`; a slot outside [0, L) writes
+    nothing, so callers need no device sync to bounds-check) -> rotated q [B, T, num_heads, D]."""
+    if not _kernel(qkv, "rope_qk_store_kv"):
+        return ref.rope_qk_store_kv(qkv, positions, inv_freq, slots, k_cache, v_cache, num_heads)
+    return torch.ops.frspec_cuda.rope_qk_store_kv(qkv, positions.contiguous(), inv_freq, slots.contiguous(), k_cache,
+                                                  v_cache, num_heads)
+
+
+if _library.LOADED:
+
+    @torch.library.register_fake("frspec_cuda::rms_norm")
+    def _rms_norm_fake(x, weight, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("frspec_cuda::add_rms_norm")
+    def _add_rms_norm_fake(x, residual, weight, eps):
+        return torch.empty_like(x), torch.empty_like(x)
+
+    @torch.library.register_fake("frspec_cuda::silu_and_mul")
+    def _silu_and_mul_fake(gate_up):
+        return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
+
+    @torch.library.register_fake("frspec_cuda::rope_qk_store_kv")
+    def _rope_fake(qkv, positions, inv_freq, slots, k_cache, v_cache, num_heads):
+        B, T = qkv.shape[:2]
+        return qkv.new_empty((B, T, num_heads, k_cache.shape[-1]))
