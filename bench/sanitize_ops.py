@@ -25,6 +25,8 @@ q = torch.randn(B, N, 6, 128, device=dev, dtype=torch.bfloat16)
 k = torch.randn(B, 200, 2, 128, device=dev, dtype=torch.bfloat16)
 for splits in (1, 3):
     tree.tree_attention(q, k, torch.randn_like(k), cl, t.mask, num_splits=splits)
+    tree.tree_attention(q[:, :1].contiguous(), k, torch.randn_like(k), cl, t.mask[:, :1].contiguous(),
+                        num_splits=splits)  # one-node tree: the decode kernel
 o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
 frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),

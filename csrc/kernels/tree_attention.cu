@@ -15,6 +15,9 @@ static int num_sms() {
   return sms;
 }
 
+// One-node trees with few query heads per KV head take tree_decode_kernel.
+static bool uses_decode_kernel(int64_t N, int64_t Hq, int64_t Hkv) { return N == 1 && Hq / Hkv <= kTdMaxG; }
+
 template <typename T, int D>
 static int ctas_per_sm() {
   static int n = [] {
@@ -34,6 +37,12 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
                               int64_t requested) {
   const int64_t max_tiles = ceil_div(L_max, kTaKeys);
   if (requested > 0) return static_cast<int>(std::min<int64_t>(requested, max_tiles));
+  if (uses_decode_kernel(N, Hq, Hkv)) {
+    // ~64 keys per split (2 iterations of the 4 warps), at most two waves of CTAs, <= 64
+    const int64_t by_keys = ceil_div(L_max, 64);
+    const int64_t by_wave = std::max<int64_t>(1, 2 * num_sms() / (Hkv * B));
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_keys, by_wave, 64})));
+  }
   const int64_t row_tiles = ceil_div(N * (Hq / Hkv), kTaRows);
   const int64_t ctas = row_tiles * Hkv * B;
   const bool bf16 = dtype == DType::kBFloat16;
@@ -52,11 +61,15 @@ size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int6
 
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
-  const size_t smem = TaSmem<D>::kBytes;
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_kernel<T, D>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-  tree_attention_kernel<T, D><<<grid, kTaThreads, smem, stream>>>(p);
+  if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
+    tree_decode_kernel<T, D><<<dim3(p.splits, p.Hkv, p.B), kTdWarps * 32, 0, stream>>>(p);
+  } else {
+    const size_t smem = TaSmem<D>::kBytes;
+    FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_kernel<T, D>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
+    tree_attention_kernel<T, D><<<grid, kTaThreads, smem, stream>>>(p);
+  }
   FRSPEC_RETURN_IF_ERROR(cudaGetLastError());
   if (p.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;

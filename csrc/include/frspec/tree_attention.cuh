@@ -253,6 +253,125 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
   }
 }
 
+// One-node trees (N == 1: an autoregressive decode step, or a tree of just the root): the
+// 64-row MMA tile above would hold only G of its rows, so a CTA instead streams its key
+// range with plain loads, one key per warp at a time and kTdUnroll keys in flight: each
+// lane holds D / 32 dimensions of every key, the G query heads' scores are warp sums, the
+// online softmax is per warp, and the 4 warps merge in shared memory at the end. Writes
+// the same out / lse or split partials as tree_attention_kernel (same merge kernel).
+constexpr int kTdMaxG = 8;      // query heads per KV head handled here (more: the MMA kernel)
+constexpr int kTdUnroll = 8;    // keys per warp per iteration
+constexpr int kTdWarps = 4;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAttnParams p) {
+  constexpr int VD = D / 32;  // dimensions per lane (4 for D = 128, 2 for D = 64)
+  using KV = Vec<T, VD>;
+  __shared__ float sm_m[kTdWarps][kTdMaxG], sm_l[kTdWarps][kTdMaxG];
+  __shared__ float sm_o[kTdWarps][kTdMaxG][D];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int G = p.Hq / p.Hkv;
+  const int prefix = p.cache_len[b];
+  // keys 0..prefix-1 (the cache) and the node itself at `prefix` if its mask bit is set
+  const bool self = (p.mask[static_cast<int64_t>(b) * p.W] & 1ull) != 0;
+  const int total = min(prefix + (self ? 1 : 0), p.L_max);
+  const int chunk = (total + p.splits - 1) / p.splits;
+  const int kbeg = split * chunk, kend = min(total, kbeg + chunk);
+
+  const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.Hq + h * G) * D + lane * VD;
+  float qf[kTdMaxG][VD];
+#pragma unroll
+  for (int g = 0; g < kTdMaxG; ++g) {
+    KV v;
+    if (g < G) v.load(q + g * D);
+#pragma unroll
+    for (int i = 0; i < VD; ++i) qf[g][i] = g < G ? to_float(v.v[i]) * p.scale_log2 : 0.f;
+  }
+  float m[kTdMaxG], l[kTdMaxG], o[kTdMaxG][VD];
+#pragma unroll
+  for (int g = 0; g < kTdMaxG; ++g) {
+    m[g] = -INFINITY, l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < VD; ++i) o[g][i] = 0.f;
+  }
+  const int64_t row_stride = static_cast<int64_t>(p.Hkv) * D;
+  const T* kbase = static_cast<const T*>(p.k) + static_cast<int64_t>(b) * p.L_max * row_stride + h * D + lane * VD;
+  const T* vbase = static_cast<const T*>(p.v) + static_cast<int64_t>(b) * p.L_max * row_stride + h * D + lane * VD;
+
+  for (int j0 = kbeg + warp * kTdUnroll; j0 < kend; j0 += kTdWarps * kTdUnroll) {
+    KV kr[kTdUnroll], vr[kTdUnroll];
+#pragma unroll
+    for (int u = 0; u < kTdUnroll; ++u) {  // all loads first: kTdUnroll keys and values in flight
+      const int j = min(j0 + u, kend - 1);
+      kr[u].load_nc(kbase + j * row_stride);
+      vr[u].load_nc(vbase + j * row_stride);
+    }
+#pragma unroll
+    for (int g = 0; g < kTdMaxG; ++g) {
+      if (g >= G) break;
+      float sc[kTdUnroll];
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kTdUnroll; ++u) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < VD; ++i) d += qf[g][i] * to_float(kr[u].v[i]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        sc[u] = j0 + u < kend ? d : -INFINITY;
+        mx = fmaxf(mx, sc[u]);
+      }
+      const float corr = exp2f(m[g] - mx);  // m = -inf before the first key: 0, and o, l are 0
+      l[g] *= corr;
+#pragma unroll
+      for (int i = 0; i < VD; ++i) o[g][i] *= corr;
+#pragma unroll
+      for (int u = 0; u < kTdUnroll; ++u) {
+        const float pu = exp2f(sc[u] - mx);
+        l[g] += pu;
+#pragma unroll
+        for (int i = 0; i < VD; ++i) o[g][i] += pu * to_float(vr[u].v[i]);
+      }
+      m[g] = mx;
+    }
+  }
+  // merge the warps: every lane holds its own dimensions, m and l are warp-uniform
+#pragma unroll
+  for (int g = 0; g < kTdMaxG; ++g) {
+    if (g >= G) break;
+    if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
+#pragma unroll
+    for (int i = 0; i < VD; ++i) sm_o[warp][g][lane * VD + i] = o[g][i];
+  }
+  __syncthreads();
+  constexpr float kLn2 = 0.69314718055994531f;
+  for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
+    const int g = t / D, d = t % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kTdWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < kTdWarps; ++w) {
+      const float c = sm_m[w][g] == -INFINITY ? 0.f : exp2f(sm_m[w][g] - M);
+      L += sm_l[w][g] * c;
+      O += sm_o[w][g][d] * c;
+    }
+    const float val = L > 0.f ? O / L : 0.f;
+    const float lse = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
+    const int64_t row = static_cast<int64_t>(b) * p.Hq + h * G + g;  // N == 1
+    if (p.splits == 1) {
+      static_cast<T*>(p.out)[row * D + d] = from_float<T>(val);
+      if (d == 0) p.lse[row] = lse;
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * p.B * p.Hq + row;
+      p.part_out[prow * D + d] = val;
+      if (d == 0) p.part_lse[prow] = lse;
+    }
+  }
+}
+
 // Merge the split partials of each (sequence, node, query head) row: one warp per row.
 template <typename T>
 __global__ void tree_attention_merge_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse,

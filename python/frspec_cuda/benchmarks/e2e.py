@@ -99,6 +99,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         else:
             del dec
     ar = ar_rows[True]
+    if device.type == "cuda":  # where a decode step's time goes
+        rows.append(kernel_breakdown(ar_dec._decode_step, "AR decode step"))
     try:
         hf = _hf_model(model)
         ids = torch.tensor([prompt], device=device)
@@ -145,10 +147,43 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                          x_floor=round(total_ms / it_floor_ms, 2), accept_len=round(st.mean_accept_length, 2),
                          projected_tok_s=round(paper_accept[mode] / total_ms * 1e3, 1),
                          projection=f"PROJECTION at the paper's acceptance length {paper_accept[mode]}"))
+        if device.type == "cuda":
+            rows.append(kernel_breakdown(lambda: gen._draft(gen._sess), f"{mode} drafting"))
+            rows.append(kernel_breakdown(lambda: gen._verify(gen._sess), f"{mode} verification"))
         rows.append(_agreement(model, gen, mode, prompts, ar_outs, new, device))
     rows.append(dict(op="e2e", what="frspec draft time / eagle2 draft time (goal <= 0.5)",
                      ratio=round(draft_ms["frspec"] / draft_ms["eagle2"], 3)))
     return rows
+
+
+_KERNEL_KINDS = (("matmul", ("gemv", "gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
+                 ("attention", ("tree_attention", "merge", "flash", "attention", "fmha")),
+                 ("norm", ("rms_norm",)), ("rope+store", ("rope_qk",)), ("silu_and_mul", ("silu",)),
+                 ("draft head top-k", ("lm_head", "topk")))
+
+
+def kernel_breakdown(fn, label: str) -> dict:
+    """GPU time per kind of kernel in one eager call of `fn` (torch profiler): where a step's
+    time goes, kernel execution only (launch gaps excluded)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    count = 0
+    for e in prof.events():
+        if e.device_type.name != "CUDA" or "memcpy" in e.name.lower() or "memset" in e.name.lower():
+            continue
+        name = e.name.lower()
+        kind = next((k for k, keys in _KERNEL_KINDS if any(x in name for x in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.device_time / 1e3
+        count += 1
+    row = dict(op="e2e", what=f"kernel time of one {label} (eager, profiler)", kernels=count,
+               kernel_ms=round(sum(kinds.values()), 3))
+    row.update({f"{k}_ms": round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])})
+    return row
 
 
 NEAR_TIE = 0.125  # top-2 logit gap counted as a tie for logits up to 4 in magnitude (a few bf16 ulps)
