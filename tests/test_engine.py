@@ -88,7 +88,11 @@ def test_spec_greedy_bf16_on_gpu_diverges_only_at_near_ties(tmp_path, over):
         gap = float(top2[0] - top2[1])
         tie = NEAR_TIE * max(1.0, float(logits.abs().max()) / 4)  # bf16 spacing grows with the logits
         assert gap < tie, f"prompt {prompt}: divergence at token {j} with a top-2 gap of {gap:.3f} (tie < {tie:.3f})"
-    assert same >= 15, f"only {same}/20 prompts identical"
+    # the real check is above (every divergence at a near-tie); this only guards against a
+    # run where (nearly) everything diverges. The one-token decode kernel and the 60-node
+    # tree kernel sum in different orders, so on this tiny random model (flat logits)
+    # 13-17 of 20 prompts come out identical depending on the kernels.
+    assert same >= 10, f"only {same}/20 prompts identical"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

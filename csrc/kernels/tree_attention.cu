@@ -36,7 +36,7 @@ static int ctas_per_sm() {
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested) {
   const int64_t max_tiles = ceil_div(L_max, kTaKeys);
-  if (requested > 0) return static_cast<int>(std::min<int64_t>(requested, max_tiles));
+  if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (uses_decode_kernel(N, Hq, Hkv)) {
     // ~64 keys per split (2 iterations of the 4 warps), at most two waves of CTAs, <= 64
     const int64_t by_keys = ceil_div(L_max, 64);
@@ -73,7 +73,8 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   FRSPEC_RETURN_IF_ERROR(cudaGetLastError());
   if (p.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
-    tree_attention_merge_kernel<T><<<static_cast<unsigned>(ceil_div(rows, 8)), 256, 0, stream>>>(
+    tree_attention_merge_kernel<T><<<static_cast<unsigned>(ceil_div(rows, kMergeWarps)), kMergeWarps * 32, 0,
+                                     stream>>>(
         p.part_out, p.part_lse, p.splits, rows, D, static_cast<T*>(p.out), p.lse);
   }
   return cudaGetLastError();
@@ -83,7 +84,8 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                            int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
                            float* lse, cudaStream_t stream) {
-  if (B < 0 || N < 1 || N > 1024 || Hkv < 1 || Hq % Hkv != 0 || (D != 64 && D != 128) || L_max < N || splits < 1)
+  if (B < 0 || N < 1 || N > 1024 || Hkv < 1 || Hq % Hkv != 0 || (D != 64 && D != 128) || L_max < N || splits < 1 ||
+      splits > kMergeMaxSplits)
     return cudaErrorInvalidValue;
   if (B == 0) return cudaSuccess;
   TreeAttnParams p{};

@@ -157,7 +157,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
 
 
 _KERNEL_KINDS = (("matmul", ("gemv", "gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
-                 ("attention", ("tree_attention", "merge", "flash", "attention", "fmha")),
+                 ("attention", ("tree_attention", "tree_decode", "merge", "flash", "attention", "fmha")),
                  ("norm", ("rms_norm",)), ("rope+store", ("rope_qk",)), ("silu_and_mul", ("silu",)),
                  ("draft head top-k", ("lm_head", "topk")))
 

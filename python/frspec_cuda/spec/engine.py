@@ -162,9 +162,9 @@ class SpeculativeGenerator:
 
     def _commit(self, s: "_Session") -> None:
         """Emit the accepted tokens + bonus into s.emit = [n, tokens (n of them), padding];
-        re-feed the accepted drafts to the draft model with a fixed shape (depth tokens: the
-        slots past the accepted ones are overwritten by the next drafting before anything
-        sees them); move the accepted nodes' K/V into place and advance cache_len; the bonus
+        re-feed the accepted drafts to the draft model, on the GPU with a fixed shape for the
+        graph (depth tokens: the slots past the accepted ones are overwritten by the next
+        drafting before anything sees them), on the CPU exactly the accepted ones; move the accepted nodes' K/V into place and advance cache_len; the bonus
         is the next root."""
         t, v, hidden = s.tree, s.verdict, s.hidden
         P = s.path_len
@@ -176,18 +176,20 @@ class SpeculativeGenerator:
         s.emit[0] = n_acc[0]
         s.emit[1:] = emitted
         R = self.depth
+        if s.t_cache.device.type == "cpu":  # no graph to keep static: feed only the accepted drafts
+            R = int(n_acc[0]) - 1
         refeed_tokens = emitted[:R].unsqueeze(0) if P > R else torch.cat(
             [emitted, emitted.new_zeros(R - P)]).unsqueeze(0)
         last = path.gather(0, n_acc - 1)                          # the deepest accepted node
+        if R > 0:
+            slots = s.cache_len.to(torch.long).view(1, 1) + s.refeed_ids[:, :R]
+            if self.eagle is not None:  # pairs (a_j, h of the node before a_j) at draft slots cache_len + j
+                feat_idx = torch.cat([path, path.new_zeros(max(R - P, 0))])[:R]
+                self.eagle.forward(refeed_tokens, hidden[:, feat_idx], s.d_cache, s.cache_len, slots=slots)
+            else:  # self-draft: a_j at its own position cache_len + j (j >= 1)
+                self.target.forward(refeed_tokens, s.d_cache, s.cache_len, self.draft_layers, slots=slots + 1)
         if self.eagle is not None:
-            # pairs (a_j, h of the node before a_j) at draft slots cache_len + j
-            feat_idx = torch.cat([path, path.new_zeros(max(R - P, 0))])[:R]
-            self.eagle.forward(refeed_tokens, hidden[:, feat_idx], s.d_cache, s.cache_len,
-                               slots=s.cache_len.to(torch.long).view(1, 1) + s.refeed_ids)
             s.root_feature.copy_(hidden[0].index_select(0, last)[0])
-        else:  # self-draft: a_j at its own position cache_len + j (j >= 1)
-            self.target.forward(refeed_tokens, s.d_cache, s.cache_len, self.draft_layers,
-                                slots=s.cache_len.to(torch.long).view(1, 1) + 1 + s.refeed_ids)
         s.root.copy_(v.bonus)
         tree.compact_kv_cache(s.t_cache, s.cache_len, v.accepted, v.accept_len)  # advances cache_len
 
