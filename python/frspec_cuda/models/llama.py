@@ -158,6 +158,7 @@ class LlamaModel:
         ref = weights["embed"]
         self.device, self.dtype = ref.device, ref.dtype
         self.inv_freq = rope_inv_freq(cfg).to(self.device)
+        self._ar_decoder = None  # the cached AutoregressiveDecoder (spec.autoregressive.decoder_for)
 
     @property
     def lm_head(self) -> torch.Tensor:

@@ -40,7 +40,8 @@ def rope_qk_store_kv(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch
                      k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int) -> torch.Tensor:
     """qkv [B, T, (Hq + 2 Hkv) D] -> q [B, T, Hq, D] with RoPE at `positions`; in place,
     the rotated keys and the values go to k_cache / v_cache [B, L, Hkv, D] at `slots`
-    [B, T] (a slot outside [0, L) is not written)."""
+    [B, T] (a slot outside [0, L) is not written; selecting the valid ones syncs a CUDA
+    device, so fp32 CUDA models, which run this, are not CUDA-graph capturable)."""
     B, L, Hkv, D = k_cache.shape
     T = qkv.shape[1]
     heads = qkv.view(B, T, num_heads + 2 * Hkv, D)

@@ -12,7 +12,7 @@ import torch
 
 from ..graphs import GraphedStep, graphs_supported
 from ..models.llama import LlamaModel
-from .sampling import sample_from_probs, target_probs
+from .sampling import check_sampling, sample_from_probs, target_probs
 
 
 class AutoregressiveDecoder:
@@ -23,7 +23,7 @@ class AutoregressiveDecoder:
     def __init__(self, model: LlamaModel, max_len: int, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, cuda_graphs: bool = True):
         if temperature > 0:
-            target_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validates the settings
+            check_sampling(temperature, top_k, top_p)
         self.model, self.max_len = model, max_len
         self.sampling = (temperature, top_k, top_p)
         dev = model.device

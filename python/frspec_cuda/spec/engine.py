@@ -1,10 +1,11 @@
 """Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head), batch 1: greedy and
 lossless sampling.
 
-This is the reference-path engine: every step is written in terms of the library's ops
-(`fr_lm_head_topk`, `build_dynamic_tree`, `verify_tree_greedy`, `compact_kv_cache`) and
-the shared Llama model, so it runs on CPU (reference ops) and GPU (kernels) alike. The
-CUDA-graph engine of issue #4 will replace the Python glue, not the semantics.
+Every step is written in terms of the library's ops (`fr_lm_head_topk`,
+`build_dynamic_tree`, `verify_tree_greedy` / `_sampling`, `compact_kv_cache`) and the
+shared Llama model on device tensors only, so it runs on CPU (reference ops) and GPU
+(kernels) alike; on the GPU its three parts (draft, verify, commit) replay as CUDA graphs
+and the host reads the device once per step (the accepted tokens).
 
 Cache convention: a cache holds every committed token except the last one, the *root*,
 which is the next input; cache_len counts the cached tokens.
@@ -38,7 +39,7 @@ from ..graphs import GraphedStep, graphs_supported
 from ..models.eagle import EagleDraft
 from ..models.llama import LlamaModel
 from ..vocab import FRVocab
-from .sampling import target_probs
+from .sampling import check_sampling, target_probs
 
 
 @dataclass
@@ -219,7 +220,7 @@ class SpeculativeGenerator:
             raise ValueError("an EAGLE draft needs a prompt of at least 2 tokens (its input pairs each token with "
                              "the target's feature of the previous one)")
         if temperature > 0:
-            target_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validates the settings
+            check_sampling(temperature, top_k, top_p)
         s = self._session(len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2,
                           (temperature, top_k, top_p) if temperature > 0 else (0.0, 0, 1.0))
         # Prefill everything but the last prompt token (the first root) into both caches.
