@@ -146,7 +146,7 @@ def test_target_probs_filters():
 def test_sample_from_probs_draws_the_distribution():
     """The AR baseline's sync-free inverse-CDF sampler: chi-square over 200k draws of a
     16-token distribution with zeros (never drawn) below the p = 1e-6 threshold for 12 dof
-    (50.8); the same statistic rejects a sampler that ignores the zero at index 0."""
+    (50.8); the same statistic rejects the counts shifted by one token."""
     from frspec_cuda.spec.sampling import sample_from_probs
 
     g = torch.Generator().manual_seed(5)
