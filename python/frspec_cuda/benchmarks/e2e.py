@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..models.eagle import random_eagle
-from ..models.llama import (LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, generate_greedy, layer_weight_bytes,
-                            random_model)
+from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, layer_weight_bytes, random_model
 from ..spec import SpeculativeGenerator
 from ..spec.autoregressive import AutoregressiveDecoder
 from ..vocab import FRVocab
