@@ -165,8 +165,8 @@ class SpeculativeGenerator:
         """Emit the accepted tokens + bonus into s.emit = [n, tokens (n of them), padding];
         re-feed the accepted drafts to the draft model, on the GPU with a fixed shape for the
         graph (depth tokens: the slots past the accepted ones are overwritten by the next
-        drafting before anything sees them), on the CPU exactly the accepted ones; move the accepted nodes' K/V into place and advance cache_len; the bonus
-        is the next root."""
+        drafting before anything sees them), on the CPU exactly the accepted ones; move the
+        accepted nodes' K/V into place and advance cache_len; the bonus is the next root."""
         t, v, hidden = s.tree, s.verdict, s.hidden
         P = s.path_len
         n_acc = v.accept_len.to(torch.long)                       # [1], root included
