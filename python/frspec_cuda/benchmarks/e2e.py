@@ -25,7 +25,7 @@ import torch
 from ..models.eagle import random_eagle
 from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, layer_weight_bytes, random_model
 from ..spec import SpeculativeGenerator
-from ..spec.autoregressive import AutoregressiveDecoder
+from ..spec.autoregressive import AutoregressiveDecoder, divergence_gap
 from ..vocab import FRVocab
 from .timing import copy_bandwidth_gbs, wall_seconds
 
@@ -183,26 +183,17 @@ def kernel_breakdown(fn, label: str) -> dict:
     return row
 
 
-NEAR_TIE = 0.125  # top-2 logit gap counted as a tie for logits up to 4 in magnitude (a few bf16 ulps)
-
-
 def _agreement(model: LlamaModel, gen: SpeculativeGenerator, mode: str, prompts, ar_outs, new: int, device) -> dict:
     """Greedy speculative output vs our AR output per prompt: identical, or where they part,
-    the AR logits' top-2 gap at that token (a near-tie when below NEAR_TIE, scaled with the
-    logits' magnitude as bf16 spacing is)."""
+    the AR logits' top-2 gap at that token and whether it is a near-tie (`divergence_gap`)."""
     same, gaps, ties = 0, [], 0
     for p, expect in zip(prompts, ar_outs):
         got, _ = gen.generate(p, new, stop_ids=())
-        if got == expect:
+        d = divergence_gap(model, p, expect, got)
+        if d is None:
             same += 1
             continue
-        j = next((i for i, (a, b) in enumerate(zip(got, expect)) if a != b), min(len(got), len(expect)))
-        ctx = torch.tensor([p + expect[:j]], device=device)
-        cache = model.new_cache(1, ctx.shape[1] + 1)
-        logits = model.logits(model.forward(ctx, cache, torch.zeros(1, dtype=torch.int32, device=device))[:, -1])
-        top2 = logits[0].topk(2).values
-        gap = float(top2[0] - top2[1])
-        tie = NEAR_TIE * max(1.0, float(logits.abs().max()) / 4)
+        _, gap, tie = d
         gaps.append(round(gap, 4))
         ties += gap < tie
     return dict(op="e2e", impl=mode, what=f"greedy agreement with ar over {len(prompts)} prompts x {new} tokens",

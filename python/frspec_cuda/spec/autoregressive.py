@@ -110,3 +110,24 @@ def generate_sample(model: LlamaModel, prompt_ids: list[int], max_new_tokens: in
     """Autoregressive sampling baseline: each token drawn from `target_probs`."""
     return decoder_for(model, len(prompt_ids) + max_new_tokens, temperature, top_k, top_p).generate(
         prompt_ids, max_new_tokens, stop_ids, generator=generator, on_tokens=on_tokens)
+
+
+NEAR_TIE = 0.125  # top-2 logit gap counted as a tie for logits up to 4 in magnitude (a few bf16 ulps)
+
+
+@torch.no_grad()
+def divergence_gap(model: LlamaModel, prompt_ids: list[int], expect: list[int],
+                   got: list[int]) -> tuple[int, float, float] | None:
+    """Where `got` first parts from the greedy output `expect`: None when they agree, else
+    (token index j, the target's top-2 logit gap after prompt + expect[:j] from a fresh
+    prefill, the near-tie threshold NEAR_TIE scaled with the logits' magnitude as bf16
+    spacing is). Divergences of a lossless greedy decoder must be near-ties."""
+    if got == expect:
+        return None
+    j = next((i for i, (a, b) in enumerate(zip(got, expect)) if a != b), min(len(got), len(expect)))
+    dev = model.device
+    ctx = torch.tensor([prompt_ids + expect[:j]], device=dev)
+    cache = model.new_cache(1, ctx.shape[1] + 1)
+    logits = model.logits(model.forward(ctx, cache, torch.zeros(1, dtype=torch.int32, device=dev))[:, -1])
+    top2 = logits[0].topk(2).values
+    return j, float(top2[0] - top2[1]), NEAR_TIE * max(1.0, float(logits.abs().max()) / 4)
