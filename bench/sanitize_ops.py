@@ -52,5 +52,9 @@ kc, vc = torch.randn(2, B, 40, 2, 64, device=dev, dtype=torch.bfloat16).unbind(0
 slots = torch.tensor([[0, 39, 40, -1, 7], [1, 2, 3, 4, 5]], device=dev)
 decoder.rope_qk_store_kv(torch.randn(B, 5, (6 + 4) * 64, device=dev, dtype=torch.bfloat16), slots.abs(),
                          torch.rand(32, device=dev), slots, kc, vc, 6)
+for N, K in ((7, 24), (300, 4104)):  # partial warps / rows, bias
+    wg = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
+    decoder.gemv(torch.randn(1, K, device=dev, dtype=torch.bfloat16), wg, torch.randn(N, device=dev,
+                                                                                   dtype=torch.bfloat16))
 torch.cuda.synchronize()
 print("sanitize_ops: all ops ran")

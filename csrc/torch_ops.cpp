@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -448,6 +449,46 @@ at::Tensor rope_qk_store_kv(const at::Tensor& qkv, const at::Tensor& positions, 
   return q;
 }
 
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const at::Device device = x.device();
+  check_cuda(x, "x", device);
+  check_cuda(weight, "weight", device);
+  const frspec::DType dtype = to_frspec_dtype(x, "x");
+  TORCH_CHECK(weight.dim() == 2, "weight must be [out_features, in_features], got shape ", weight.sizes());
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K && x.numel() == K, "gemv takes one row: x must be [..., ", K,
+              "] with one row, got shape ", x.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight dtype ", weight.scalar_type(), " must equal x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(K > 0 && K % 8 == 0, "in_features must be a positive multiple of 8, got ", K);
+  TORCH_CHECK(N > 0 && N <= 0x7fffffff && K <= 0x7fffffff, "gemv: out_features must be in [1, 2^31), got ", N);
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
+              "gemv: x and weight must be 16-byte aligned");
+  if (bias) {
+    check_cuda(*bias, "bias", device);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must be [out_features] = [", N, "], got shape ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must equal x dtype ",
+                x.scalar_type());
+  }
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, x.options());
+  const c10::cuda::CUDAGuard guard(device);
+  check_launch(frspec::gemv(x.data_ptr(), weight.data_ptr(), bias ? bias->data_ptr() : nullptr, y.data_ptr(), N, K,
+                            dtype, c10::cuda::getCurrentCUDAStream()),
+               "gemv");
+  return y;
+}
+
+// Programmatic dependent launch on/off for this process; returns the previous setting.
+bool set_programmatic_launch(bool enabled) {
+  const bool previous = frspec::pdl_enabled();
+  frspec::set_pdl_enabled(enabled);
+  return previous;
+}
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -482,6 +523,8 @@ TORCH_LIBRARY(frspec_cuda, m) {
   m.def("silu_and_mul(Tensor gate_up) -> Tensor");
   m.def("rope_qk_store_kv(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor slots, Tensor(a!) k_cache,"
         " Tensor(b!) v_cache, int num_heads) -> Tensor q");
+  m.def("gemv(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("set_programmatic_launch(bool enabled) -> bool", &set_programmatic_launch);
 }
 
 TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
@@ -497,4 +540,5 @@ TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("rope_qk_store_kv", &rope_qk_store_kv);
+  m.impl("gemv", &gemv);
 }

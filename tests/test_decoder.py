@@ -211,3 +211,101 @@ def test_decoder_ops_compile_and_replay_in_a_cuda_graph():
     graph.replay()
     for a, b in zip(static, body(x, qkv)):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- GEMV
+
+def test_reference_gemv_is_one_row_linear():
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(1, 1, 24, generator=g), torch.randn(5, 24, generator=g), torch.randn(5, generator=g)
+    torch.testing.assert_close(ref.gemv(x, w, b), torch.nn.functional.linear(x, w, b), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one row"):
+        ref.gemv(torch.randn(2, 24), w)
+    # CPU / several rows: decoder.linear is F.linear exactly
+    x2 = torch.randn(3, 24, generator=g)
+    assert torch.equal(decoder.linear(x2, w, b), torch.nn.functional.linear(x2, w, b))
+
+
+@requires_kernel("gemv")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,K,bias", [(1, 8, False), (7, 24, True), (4096, 4096, False), (6144, 4096, True),
+                                      (1000, 14336, False), (129, 1016, False), (33, 4104, True)])
+def test_gemv_kernel_follows_the_rule(N, K, bias, dtype):
+    g = torch.Generator(device="cuda").manual_seed(N * 31 + K)
+    x = torch.randn(1, 1, K, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(N, device="cuda", generator=g).to(dtype) if bias else None
+    poison_cuda_allocator()
+    got = decoder.gemv(x, w, b)
+    assert got.shape == (1, 1, N) and got.dtype == dtype
+    exact = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    _close_to_rule(got, torch.nn.functional.linear(x, w, b), exact, f"gemv {N}x{K} {dtype}")
+    assert torch.equal(decoder.linear(x, w, b), got)  # one row on CUDA: linear takes the kernel
+
+
+@requires_kernel("gemv")
+def test_gemv_rejects_bad_inputs():
+    dev, dt = "cuda", torch.bfloat16
+    w = torch.randn(16, 64, device=dev, dtype=dt)
+    with pytest.raises(RuntimeError, match="one row"):
+        decoder.gemv(torch.randn(2, 64, device=dev, dtype=dt), w)
+    with pytest.raises(RuntimeError, match="one row"):
+        decoder.gemv(torch.randn(1, 32, device=dev, dtype=dt), w)
+    with pytest.raises(RuntimeError, match="weight dtype"):
+        decoder.gemv(torch.randn(1, 64, device=dev, dtype=dt), w.half())
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        decoder.gemv(torch.randn(1, 12, device=dev, dtype=dt), torch.randn(4, 12, device=dev, dtype=dt))
+    with pytest.raises(RuntimeError, match="bias must be"):
+        decoder.gemv(torch.randn(1, 64, device=dev, dtype=dt), w, torch.randn(15, device=dev, dtype=dt))
+    with pytest.raises(RuntimeError, match="16-byte aligned"):
+        decoder.gemv(torch.randn(65, device=dev, dtype=dt)[1:], w)
+    with pytest.raises(RuntimeError, match="weight must be"):
+        decoder.gemv(torch.randn(1, 64, device=dev, dtype=dt), w.view(-1))
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        torch.ops.frspec_cuda.gemv(torch.randn(1, 64, device=dev, dtype=dt), w.cpu())
+    # decoder.linear falls back to cuBLAS where the kernel cannot take the input
+    x = torch.randn(65, device=dev, dtype=dt)[1:]
+    assert torch.equal(decoder.linear(x, w), torch.nn.functional.linear(x, w))
+
+
+@requires_kernel("gemv")
+def test_programmatic_launch_chain_equals_serial_launches():
+    """A CUDA graph of dependent kernels launched with PDL (each may start before its
+    predecessor ends and must wait before reading its output) gives the bits of the same
+    chain launched without PDL. A kernel that read its input too early would see the
+    previous iteration's (or poisoned) values."""
+    dev, dt = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(5)
+    H, I = 2048, 5632
+    w_up = (torch.randn(2 * I, H, device=dev, generator=g) / H ** 0.5).to(dt)
+    w_down = (torch.randn(H, I, device=dev, generator=g) / I ** 0.5).to(dt)
+    norm_w = (1 + 0.1 * torch.randn(H, device=dev, generator=g)).to(dt)
+    x0 = torch.randn(1, 1, H, device=dev, generator=g).to(dt)
+
+    def chain(x):
+        delta = torch.zeros_like(x)
+        for _ in range(12):
+            h, x = decoder.add_rms_norm(delta, x, norm_w, 1e-5)
+            delta = decoder.gemv(decoder.silu_and_mul(decoder.gemv(h, w_up)), w_down)
+        return x + delta
+
+    results = {}
+    previous = decoder.set_programmatic_launch(True)
+    try:
+        for pdl in (False, True):
+            decoder.set_programmatic_launch(pdl)
+            x = x0.clone()
+            chain(x)  # warm-up outside the graph
+            graph = torch.cuda.CUDAGraph()
+            torch.cuda.synchronize()
+            with torch.cuda.graph(graph):
+                out = chain(x)
+            poison_cuda_allocator()
+            graph.replay()
+            torch.cuda.synchronize()
+            results[pdl] = (out.clone(), chain(x0.clone()))
+    finally:
+        decoder.set_programmatic_launch(previous)
+    assert torch.isfinite(results[False][0]).all()
+    assert torch.equal(results[True][0], results[False][0])  # graph, PDL vs serial
+    assert torch.equal(results[True][1], results[False][0])  # eager with PDL vs graph without

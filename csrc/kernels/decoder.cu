@@ -17,16 +17,12 @@ cudaError_t launch_rms_norm(const void* x, const void* residual, const void* wei
   // one access per thread where the row allows (latency: a decode step has one row), a
   // multiple of 32 threads, at most 1024
   const int block = static_cast<int>(std::min<int64_t>(1024, ceil_div(ceil_div(H, per_thread), 32) * 32));
-  auto args = [&](auto kernel) {
-    kernel<<<static_cast<unsigned>(rows), block, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight),
-        static_cast<T*>(out), static_cast<T*>(sum_out), static_cast<int>(H), eps);
+  auto run = [&](auto kernel) {
+    return launch_kernel(kernel, dim3(static_cast<unsigned>(rows)), dim3(block), 0, stream, static_cast<const T*>(x),
+                         static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+                         static_cast<T*>(sum_out), static_cast<int>(H), eps);
   };
-  if (vec)
-    args(rms_norm_kernel<T, kVec>);
-  else
-    args(rms_norm_kernel<T, 1>);
-  return cudaGetLastError();
+  return vec ? run(rms_norm_kernel<T, kVec>) : run(rms_norm_kernel<T, 1>);
 }
 
 template <typename T>
@@ -36,13 +32,30 @@ cudaError_t launch_silu_and_mul(const void* gate_up, void* out, int64_t rows, in
   const int64_t work = rows * (vec ? I / kVec : I);
   const int threads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(work, threads), 132 * 16));
-  if (vec)
-    silu_and_mul_kernel<T, kVec><<<blocks, threads, 0, stream>>>(static_cast<const T*>(gate_up),
-                                                                 static_cast<T*>(out), rows, static_cast<int>(I));
-  else
-    silu_and_mul_kernel<T, 1><<<blocks, threads, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out),
-                                                              rows, static_cast<int>(I));
-  return cudaGetLastError();
+  auto run = [&](auto kernel) {
+    return launch_kernel(kernel, dim3(blocks), dim3(threads), 0, stream, static_cast<const T*>(gate_up),
+                         static_cast<T*>(out), rows, static_cast<int>(I));
+  };
+  return vec ? run(silu_and_mul_kernel<T, kVec>) : run(silu_and_mul_kernel<T, 1>);
+}
+
+template <typename T>
+cudaError_t launch_rope(const void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
+                        void* q_out, void* k_cache, void* v_cache, int64_t B, int64_t T_len, int64_t Hq, int64_t Hkv,
+                        int64_t D, int64_t L, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(B * T_len), static_cast<unsigned>(Hq + 2 * Hkv));
+  return launch_kernel(rope_qk_store_kv_kernel<T>, grid, dim3(static_cast<unsigned>(D / 2)), 0, stream,
+                       static_cast<const T*>(qkv), positions, inv_freq, slots, static_cast<T*>(q_out),
+                       static_cast<T*>(k_cache), static_cast<T*>(v_cache), static_cast<int>(T_len),
+                       static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(D), L);
+}
+
+template <typename T>
+cudaError_t launch_gemv(const void* x, const void* w, const void* bias, void* y, int64_t N, int64_t K,
+                        cudaStream_t stream) {
+  return launch_kernel(gemv_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, kGemvWarps))), dim3(kGemvWarps * 32), 0,
+                       stream, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+                       static_cast<T*>(y), static_cast<int>(N), static_cast<int>(K));
 }
 
 }  // namespace
@@ -71,19 +84,19 @@ cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const fl
       B * T > 0x7fffffff || L <= 0)
     return cudaErrorInvalidValue;
   if (B * T == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(B * T), static_cast<unsigned>(Hq + 2 * Hkv));
-  const int threads = static_cast<int>(D / 2);
-  if (dtype == DType::kBFloat16)
-    rope_qk_store_kv_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(q_out),
-        static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), static_cast<int>(T),
-        static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(D), L);
-  else
-    rope_qk_store_kv_kernel<__half><<<grid, threads, 0, stream>>>(
-        static_cast<const __half*>(qkv), positions, inv_freq, slots, static_cast<__half*>(q_out),
-        static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), static_cast<int>(T), static_cast<int>(Hq),
-        static_cast<int>(Hkv), static_cast<int>(D), L);
-  return cudaGetLastError();
+  return dtype == DType::kBFloat16
+             ? launch_rope<__nv_bfloat16>(qkv, positions, inv_freq, slots, q_out, k_cache, v_cache, B, T, Hq, Hkv, D,
+                                          L, stream)
+             : launch_rope<__half>(qkv, positions, inv_freq, slots, q_out, k_cache, v_cache, B, T, Hq, Hkv, D, L,
+                                   stream);
+}
+
+cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
+                 cudaStream_t stream) {
+  if (N <= 0 || K <= 0 || K % 8 || N > 0x7fffffff || K > 0x7fffffff) return cudaErrorInvalidValue;
+  if (!is_aligned(x, 16) || !is_aligned(weight, 16)) return cudaErrorMisalignedAddress;
+  return dtype == DType::kBFloat16 ? launch_gemv<__nv_bfloat16>(x, weight, bias, y, N, K, stream)
+                                   : launch_gemv<__half>(x, weight, bias, y, N, K, stream);
 }
 
 }  // namespace frspec

@@ -62,20 +62,21 @@ size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int6
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
-    tree_decode_kernel<T, D><<<dim3(p.splits, p.Hkv, p.B), kTdWarps * 32, 0, stream>>>(p);
+    FRSPEC_RETURN_IF_ERROR(
+        launch_kernel(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B), dim3(kTdWarps * 32), 0, stream, p));
   } else {
     const size_t smem = TaSmem<D>::kBytes;
     FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_kernel<T, D>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-    tree_attention_kernel<T, D><<<grid, kTaThreads, smem, stream>>>(p);
+    FRSPEC_RETURN_IF_ERROR(launch_kernel(tree_attention_kernel<T, D>, grid, dim3(kTaThreads), smem, stream, p));
   }
   FRSPEC_RETURN_IF_ERROR(cudaGetLastError());
   if (p.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
-    tree_attention_merge_kernel<T><<<static_cast<unsigned>(ceil_div(rows, kMergeWarps)), kMergeWarps * 32, 0,
-                                     stream>>>(
-        p.part_out, p.part_lse, p.splits, rows, D, static_cast<T*>(p.out), p.lse);
+    return launch_kernel(tree_attention_merge_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kMergeWarps))),
+                         dim3(kMergeWarps * 32), 0, stream, p.part_out, p.part_lse, p.splits, rows, D,
+                         static_cast<T*>(p.out), p.lse);
   }
   return cudaGetLastError();
 }

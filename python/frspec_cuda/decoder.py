@@ -7,11 +7,14 @@ reference. Results equal the eager PyTorch layer's up to the order of the RMSNor
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _library
 from .reference import decoder as ref
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+# One-row products go to our GEMV (`linear`); benchmarks set this False to compare with cuBLAS.
+GEMV_ENABLED = True
 
 
 def _kernel(t: torch.Tensor, op: str) -> bool:
@@ -52,7 +55,40 @@ def rope_qk_store_kv(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch
                                                   v_cache, num_heads)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias). A single row (a batch-1 decode step) on CUDA fp16/bf16 runs
+    our GEMV kernel, which streams the weight once with the next kernel's start overlapped
+    (programmatic dependent launch); everything else is F.linear (cuBLAS)."""
+    K = x.shape[-1]
+    if (GEMV_ENABLED and x.is_cuda and x.dtype in _KERNEL_DTYPES and x.numel() == K and K % 8 == 0
+            and weight.dtype == x.dtype and weight.is_contiguous() and x.is_contiguous()
+            and weight.data_ptr() % 16 == 0 and x.data_ptr() % 16 == 0 and "gemv" in _library.CUDA_KERNELS):
+        return torch.ops.frspec_cuda.gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The GEMV op itself (one row x [..., K] -> [..., N]); the reference elsewhere."""
+    if not _kernel(x, "gemv"):
+        return ref.gemv(x, weight, bias)
+    return torch.ops.frspec_cuda.gemv(x, weight, bias)
+
+
+def set_programmatic_launch(enabled: bool) -> bool:
+    """Turn programmatic dependent launch (PDL) of our decoder / tree-attention kernels on or
+    off for this process (default on; FRSPEC_PDL=0 starts with it off). Returns the previous
+    setting; without the compiled kernels this is a no-op returning False. Graphs captured
+    earlier keep the launches they were captured with."""
+    if not _library.LOADED:
+        return False
+    return bool(torch.ops.frspec_cuda.set_programmatic_launch(enabled))
+
+
 if _library.LOADED:
+
+    @torch.library.register_fake("frspec_cuda::gemv")
+    def _gemv_fake(x, weight, bias=None):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     @torch.library.register_fake("frspec_cuda::rms_norm")
     def _rms_norm_fake(x, weight, eps):

@@ -52,6 +52,48 @@ struct alignas(sizeof(T) * N) Vec {
   __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<Vec*>(p) = *this; }
 };
 
+// Programmatic dependent launch (sm_90). A kernel launched by launch_kernel() with PDL on
+// may start while the previous kernel of the stream is still draining: it may only read
+// data no earlier kernel writes (weights) before pdl_wait(), which returns once every
+// earlier kernel has finished and its writes are visible. Every block must call pdl_wait()
+// before writing anything or exiting, so that "this grid finished" keeps implying "all
+// earlier grids finished" down the chain. pdl_launch_dependents() lets the next kernel's
+// blocks be scheduled once every block of this grid has called it. Both are no-ops where
+// the kernel was launched without PDL, and below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launch_kernel() asks for PDL: on by default, FRSPEC_PDL=0 turns it off, and
+// set_pdl_enabled() flips it (benchmarks compare both). Defined in csrc/kernels/launch.cu.
+bool pdl_enabled();
+void set_pdl_enabled(bool enabled);
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
+// serialisation when PDL is enabled (the kernel must follow pdl_wait()'s contract).
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 inline bool is_aligned(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }

@@ -32,6 +32,8 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ r
                                 const T* __restrict__ weight, T* __restrict__ out,
                                 T* __restrict__ sum_out, int H, float eps) {
   __shared__ float scratch[32];
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * H;
   const T* rr = residual ? residual + row * H : nullptr;
@@ -75,6 +77,8 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ r
 template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows,
                                     int I) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t per_row = I / VEC;
   const int64_t total = rows * per_row;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -104,6 +108,8 @@ __global__ void rope_qk_store_kv_kernel(const T* __restrict__ qkv, const int64_t
                                         const float* __restrict__ inv_freq, const int64_t* __restrict__ slots,
                                         T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
                                         int T_len, int Hq, int Hkv, int D, int64_t L) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t token = blockIdx.x;
   const int head = blockIdx.y;
   const int i = threadIdx.x, half = D / 2;
@@ -135,6 +141,69 @@ __global__ void rope_qk_store_kv_kernel(const T* __restrict__ qkv, const int64_t
   }
   dst[i] = y1;
   dst[i + half] = y2;
+}
+
+// ---------------------------------------------------------------------------- GEMV
+// y[n] = round(sum_k W[n, k] x[k] (+ bias[n])) for one input row: the matrix products of a
+// batch-1 decode step, which read each weight once and are bound by memory bandwidth.
+// One warp per output row; each lane streams 16-byte chunks of the row with kGemvUnroll
+// loads in flight (no L1 allocation: the weights are read once per step and overflow L2).
+// Launched with PDL: a warp loads its row's first chunks (weights, which no kernel writes)
+// before pdl_wait(), so the start of the stream overlaps the previous kernel's tail.
+// Requires K % 8 == 0 and 16-byte aligned x / W.
+constexpr int kGemvWarps = 8;
+constexpr int kGemvUnroll = 4;
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
+  const T* x = reinterpret_cast<const T*>(&a);
+  const T* y = reinterpret_cast<const T*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s = fmaf(to_float(x[i]), to_float(y[i]), s);
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                               const T* __restrict__ bias, T* __restrict__ y,
+                                                               int N, int K) {
+  pdl_launch_dependents();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kGemvWarps + warp;
+  const int chunks = K / 8;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(n < N ? n : 0) * K);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  uint4 wv[kGemvUnroll];
+#pragma unroll
+  for (int u = 0; u < kGemvUnroll; ++u)  // weights only: safe before pdl_wait
+    if (n < N && lane + 32 * u < chunks) wv[u] = load_stream(wr + lane + 32 * u);
+  pdl_wait();
+  if (n >= N) return;
+  float acc = 0.f;
+  int c = lane;
+  // the chunks prefetched above
+#pragma unroll
+  for (int u = 0; u < kGemvUnroll; ++u)
+    if (c + 32 * u < chunks) acc += dot8<T>(wv[u], __ldg(xv + c + 32 * u));
+  c += 32 * kGemvUnroll;
+  for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_stream(wr + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) acc += dot8<T>(wv[u], __ldg(xv + c + 32 * u));
+  }
+  for (; c < chunks; c += 32) acc += dot8<T>(load_stream(wr + c), __ldg(xv + c));
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) y[n] = from_float<T>(bias ? acc + to_float(bias[n]) : acc);
 }
 
 }  // namespace frspec

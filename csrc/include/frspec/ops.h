@@ -120,5 +120,14 @@ cudaError_t silu_and_mul(const void* gate_up, void* out, int64_t rows, int64_t I
 cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
                              void* q_out, void* k_cache, void* v_cache, int64_t B, int64_t T, int64_t Hq,
                              int64_t Hkv, int64_t D, int64_t L, DType dtype, cudaStream_t stream);
+// gemv: y [N] = weight [N, K] @ x [K] (+ bias [N], may be null), fp32 accumulation, one
+// rounding. K % 8 == 0 and x / weight 16-byte aligned (else cudaErrorMisalignedAddress).
+cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
+                 cudaStream_t stream);
+
+// Programmatic dependent launch for the kernels above and tree attention (on by default;
+// FRSPEC_PDL=0 in the environment turns it off). Declared in frspec/common.cuh.
+bool pdl_enabled();
+void set_pdl_enabled(bool enabled);
 
 }  // namespace frspec

@@ -71,6 +71,8 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
   using S = TaSmem<D>;
   extern __shared__ __align__(16) uint8_t ta_smem_raw[];
   T* smem = reinterpret_cast<T*>(ta_smem_raw);
+  pdl_launch_dependents();  // PDL: nothing read before the previous kernel finished
+  pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
   const int row_tile = blockIdx.x % p.row_tiles, split = blockIdx.x / p.row_tiles;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -269,6 +271,8 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
   using KV = Vec<T, VD>;
   __shared__ float sm_m[kTdWarps][kTdMaxG], sm_l[kTdWarps][kTdMaxG];
   __shared__ float sm_o[kTdWarps][kTdMaxG][D];
+  pdl_launch_dependents();  // PDL: nothing read before the previous kernel finished
+  pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int G = p.Hq / p.Hkv;
@@ -386,6 +390,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
     tree_attention_merge_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse, int splits,
                                 int64_t rows, int D, T* __restrict__ out, float* __restrict__ lse) {
   __shared__ float weight[kMergeWarps][kMergeMaxSplits];
+  pdl_launch_dependents();  // PDL: nothing read before the previous kernel finished
+  pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kMergeWarps + warp;
   if (row >= rows) return;  // whole warps leave: no block-wide barrier follows

@@ -4,7 +4,9 @@ kernels vs the same math in eager torch at Llama-3-8B shapes, one decode token a
 as the floor. time_us is GPU time inside a CUDA graph (how the decode step runs them);
 eager_launch_us the time per call launched one by one from Python (host-bound on this
 VM). At decode sizes every op is latency-bound: the point of the kernels is one launch
-instead of several (the kernel count is given)."""
+instead of several (the kernel count is given). The one-row matrix products of a decode
+step (`gemv`) are bandwidth-bound: ours (with and without programmatic dependent launch)
+vs cuBLAS, against the weight bytes over the copy bandwidth."""
 
 from __future__ import annotations
 
@@ -102,4 +104,40 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                                  floor_us=round(floor_us, 2),
                                  x_floor=round(res[impl] / floor_us, 2), kernels=_count_kernels(lambda: call(mod))))
             rows[-2]["speedup_vs_eager"] = round(res["torch eager"] / res["frspec_cuda"], 2)
+    rows += _gemv_rows(device, copy_gbs, quick)
+    return rows
+
+
+# The one-row products of a Llama-3-8B decode step: (name, out_features, in_features)
+GEMV_SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+               ("lm_head", 128256, 4096))
+
+
+def _gemv_rows(device: torch.device, copy_gbs: float, quick: bool) -> list[dict]:
+    """Our GEMV (with and without programmatic dependent launch) vs cuBLAS (F.linear) on
+    one row, inside a CUDA graph that cycles through enough weight copies (>= 256 MB) that
+    nothing is served from L2: back-to-back products as in a decode step."""
+    dt, rows = torch.bfloat16, []
+    shapes = GEMV_SHAPES[:2] if quick else GEMV_SHAPES
+    for name, N, K in shapes:
+        nbytes = N * K * 2
+        copies = max(2, -(-(256 << 20) // nbytes))
+        ws = [torch.randn(N, K, device=device, dtype=dt) for _ in range(copies)]
+        x = torch.randn(1, K, device=device, dtype=dt)
+        floor_us = nbytes / (copy_gbs * 1e3)
+        res = {}
+        for impl, pdl, fn in (("frspec_cuda gemv + PDL", True, decoder.gemv),
+                              ("frspec_cuda gemv, no PDL", False, decoder.gemv),
+                              ("cuBLAS (F.linear)", False, torch.nn.functional.linear)):
+            previous = decoder.set_programmatic_launch(pdl)
+            try:
+                res[impl] = _graph_us(lambda: [fn(x, w) for w in ws], per_graph=2) / copies
+            finally:
+                decoder.set_programmatic_launch(previous)
+            rows.append(dict(op="gemv", impl=impl, shape=f"{name}: [1, {K}] x [{N}, {K}]^T bf16",
+                             time_us=round(res[impl], 2), floor_us=round(floor_us, 2),
+                             x_floor=round(res[impl] / floor_us, 3),
+                             read_gbs=round(nbytes / res[impl] / 1e3, 1)))
+        rows[-3]["speedup_vs_cublas"] = round(res["cuBLAS (F.linear)"] / res["frspec_cuda gemv + PDL"], 3)
+        del ws
     return rows

@@ -2,7 +2,8 @@
 
 GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU (or
 --quick): a tiny model, prompt 32, 16 new tokens -- the harness, not a measurement.
-- ar: our autoregressive greedy decode, CUDA-graph steps and eager (tok/s over the decode
+- ar: our autoregressive greedy decode, CUDA-graph steps (our GEMV with programmatic
+  dependent launch; cuBLAS with and without PDL for comparison) and eager (tok/s over the decode
   phase: the time of N + 1 tokens minus the time of 1), HF transformers `generate` on the
   same weights (shared, not copied) and device, and the weight-read floor (weight bytes /
   copy bandwidth measured in the run).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import decoder
 from ..models.eagle import random_eagle
 from ..models.llama import LAYER_KEYS, LLAMA3_8B, LlamaModel, ModelConfig, layer_weight_bytes, random_model
 from ..spec import SpeculativeGenerator
@@ -84,18 +86,26 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         tn = wall_seconds(lambda: gen_n(new + 1), device)
         return new / (tn - t1)
 
-    def ar_row(dec: AutoregressiveDecoder) -> float:
+    def ar_row(dec: AutoregressiveDecoder, label: str) -> float:
         tok_s = decode_tok_s(lambda n: dec.generate(prompt, n, stop_ids=()))
-        label = "ar (ours, CUDA graphs)" if dec.step.enabled else "ar (ours, eager)"
         rows.append(dict(op="e2e", impl=label, what=shape, tok_s=round(tok_s, 1),
                          x_floor=round(tok_s / floor_tok_s, 3)))
         return tok_s
 
     max_len = prompt_len + new + 2
     ar_dec = AutoregressiveDecoder(model, max_len)  # CUDA graphs where supported; kept for the agreement runs
-    ar = ar_row(ar_dec)
-    if ar_dec.step.enabled:  # the same decoder without graphs, for comparison
-        ar_row(AutoregressiveDecoder(model, max_len, cuda_graphs=False))
+    graphs = ar_dec.step.enabled
+    ar = ar_row(ar_dec, "ar (ours, CUDA graphs, GEMV + PDL)" if graphs else "ar (ours, eager)")
+    if graphs:  # the same decoder with cuBLAS and/or without PDL, and without graphs, for comparison
+        for gemv, pdl, label in ((False, True, "cuBLAS GEMV + PDL"), (False, False, "cuBLAS GEMV, no PDL")):
+            decoder.GEMV_ENABLED = gemv
+            previous = decoder.set_programmatic_launch(pdl)
+            try:
+                ar_row(AutoregressiveDecoder(model, max_len), f"ar (ours, CUDA graphs, {label})")
+            finally:
+                decoder.GEMV_ENABLED = True
+                decoder.set_programmatic_launch(previous)
+        ar_row(AutoregressiveDecoder(model, max_len, cuda_graphs=False), "ar (ours, eager)")
     if device.type == "cuda":  # where a decode step's time goes
         rows.append(kernel_breakdown(ar_dec._decode_step, "AR decode step"))
     try:

@@ -199,9 +199,9 @@ class LlamaModel:
         post-norm SwiGLU MLP. Returns (x after the attention residual, the MLP output still
         to be added: the next layer's norm adds it)."""
         c = self.cfg
-        o = F.linear(attn.reshape(*x.shape[:-1], c.num_heads * c.head_dim), lw["o"])
+        o = decoder.linear(attn.reshape(*x.shape[:-1], c.num_heads * c.head_dim), lw["o"])
         h, x = self.add_norm(x, o, lw["post_norm"])
-        return x, F.linear(decoder.silu_and_mul(F.linear(h, lw["gate_up"])), lw["down"])
+        return x, decoder.linear(decoder.silu_and_mul(decoder.linear(h, lw["gate_up"])), lw["down"])
 
     def finish_layer(self, lw: dict, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after attention, residuals included."""
@@ -261,7 +261,7 @@ class LlamaModel:
         for i in range(n_layers):
             lw = self.w["layers"][i]
             h, x = self.add_norm(x, delta, lw.get("input_norm"))
-            qkv = F.linear(h, lw["qkv"], lw.get("qkv_bias"))
+            qkv = decoder.linear(h, lw["qkv"], lw.get("qkv_bias"))
             # RoPE on q and k, k and v stored at their slots: one kernel on the GPU
             q = decoder.rope_qk_store_kv(qkv, positions, self.inv_freq, slots, kv_cache[i, 0], kv_cache[i, 1],
                                          c.num_heads)
@@ -284,7 +284,7 @@ class LlamaModel:
         return self.add_norm(x, delta, self.w["norm"] if final_norm else None)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head).float()
+        return decoder.linear(hidden, self.lm_head).float()
 
 
 # ------------------------------------------------------------------------------ loading

@@ -54,3 +54,10 @@ def rope_qk_store_kv(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch
     k_cache[b, s] = k[ok]
     v_cache[b, s] = v[ok]
     return q.contiguous()
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """One row times a weight matrix: x [..., K] (one row) @ weight [N, K].T (+ bias [N])."""
+    if x.numel() != x.shape[-1]:
+        raise ValueError(f"gemv takes one row: x must be [..., {x.shape[-1]}] with one row, got {tuple(x.shape)}")
+    return F.linear(x, weight, bias)
