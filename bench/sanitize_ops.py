@@ -23,10 +23,13 @@ cl = torch.tensor([3, 50], dtype=torch.int32, device=dev)
 tree.compact_kv_cache(kv, cl, s.accepted, s.accept_len)
 q = torch.randn(B, N, 6, 128, device=dev, dtype=torch.bfloat16)
 k = torch.randn(B, 200, 2, 128, device=dev, dtype=torch.bfloat16)
-for splits in (1, 3):
+for splits in (1, 3, 4):  # decode: 3 and 4 = one cluster per KV head; MMA: split + merge
     tree.tree_attention(q, k, torch.randn_like(k), cl, t.mask, num_splits=splits)
     tree.tree_attention(q[:, :1].contiguous(), k, torch.randn_like(k), cl, t.mask[:, :1].contiguous(),
                         num_splits=splits)  # one-node tree: the decode kernel
+k2 = torch.randn(B, 1024, 2, 128, device=dev, dtype=torch.bfloat16)
+tree.tree_attention(q[:, :1].contiguous(), k2, torch.randn_like(k2), cl, t.mask[:, :1].contiguous(),
+                    num_splits=9)  # decode with more splits than a cluster: partials + merge kernel
 o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
 frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),

@@ -256,12 +256,14 @@ def test_default_model_frspec_equals_ar(tmp_path):
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    from frspec_cuda.models.default import DEFAULT_VOCAB, default_checkpoint
+    from frspec_cuda.models.default import DEFAULT_VOCAB, default_checkpoint, gguf_path, gguf_special_ids
     from frspec_cuda.vocab import load_vocab
 
     ckpt = default_checkpoint()
     model = load_model(ckpt)
     tok = AutoTokenizer.from_pretrained(ckpt)
+    # EOS as the GGUF states it (<|im_end|>), whatever the installed transformers derives
+    assert model.cfg.eos_token_ids == (gguf_special_ids(gguf_path())["eos"],) == (tok.convert_tokens_to_ids("<|im_end|>"),)
     enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                   add_generation_prompt=True, tokenize=True)
     prompt = list(enc["input_ids"] if hasattr(enc, "keys") else enc)

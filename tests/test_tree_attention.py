@@ -83,7 +83,7 @@ CASES = [
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("num_splits", [0, 1, 3])
+@pytest.mark.parametrize("num_splits", [0, 1, 3, 13])
 def test_kernel_flash_attention_rule(case, dtype, num_splits):
     B, N, Hq, Hkv, D, lens = CASES[case]
     q, k, v, cl, mask = make_case(B, N, Hq, Hkv, D, lens, dtype, "cuda", seed=case * 10 + num_splits)

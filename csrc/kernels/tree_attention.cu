@@ -38,7 +38,10 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   const int64_t max_tiles = ceil_div(L_max, kTaKeys);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (uses_decode_kernel(N, Hq, Hkv)) {
-    // ~64 keys per split (2 iterations of the 4 warps), at most two waves of CTAs, <= 64
+    // Up to kTdClusterKeys keys: one cluster of <= 8 splits per KV head, ~64+ keys each,
+    // merged on chip (one kernel). Longer: ~64 keys per split, at most two waves of CTAs,
+    // <= 64 splits, then the merge kernel.
+    if (L_max <= kTdClusterKeys) return static_cast<int>(std::min<int64_t>(kTdMaxCluster, ceil_div(L_max, 64)));
     const int64_t by_keys = ceil_div(L_max, 64);
     const int64_t by_wave = std::max<int64_t>(1, 2 * num_sms() / (Hkv * B));
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_keys, by_wave, 64})));
@@ -62,8 +65,12 @@ size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int6
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
-    FRSPEC_RETURN_IF_ERROR(
-        launch_kernel(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B), dim3(kTdWarps * 32), 0, stream, p));
+    // up to kTdMaxCluster splits merge on chip in one kernel; more take the merge kernel below
+    p.cluster = p.splits > 1 && p.splits <= kTdMaxCluster ? p.splits : 0;
+    FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B),
+                                                   dim3(kTdWarps * 32), 0, stream,
+                                                   static_cast<unsigned>(p.cluster), p));
+    if (p.cluster) return cudaSuccess;
   } else {
     const size_t smem = TaSmem<D>::kBytes;
     FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_kernel<T, D>,

@@ -9,6 +9,8 @@
 // tree_attention_merge_kernel.
 #pragma once
 
+#include <cooperative_groups.h>
+
 #include "frspec/common.cuh"
 #include "frspec/mma.cuh"
 
@@ -58,6 +60,8 @@ struct TreeAttnParams {
   float* part_out;           // [splits, B, N, Hq, D] fp32 (splits > 1)
   float* part_lse;           // [splits, B, N, Hq]
   int B, N, Hq, Hkv, D, L_max, W, splits, row_tiles;
+  int cluster;       // tree_decode_kernel only: > 1 = the splits of a KV head form one thread-block
+                     // cluster and merge in distributed shared memory (no partials, no merge kernel)
   float scale_log2;  // softmax scale * log2(e)
 };
 
@@ -263,7 +267,9 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
 // the same out / lse or split partials as tree_attention_kernel (same merge kernel).
 constexpr int kTdMaxG = 8;      // query heads per KV head handled here (more: the MMA kernel)
 constexpr int kTdUnroll = 8;    // keys per warp per iteration
-constexpr int kTdWarps = 4;
+constexpr int kTdWarps = 8;
+constexpr int kTdMaxCluster = 8;  // portable cluster size: splits merged on chip when <= this
+constexpr int kTdClusterKeys = 4096;  // auto split count picks a cluster up to this cache length
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAttnParams p) {
@@ -271,6 +277,7 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
   using KV = Vec<T, VD>;
   __shared__ float sm_m[kTdWarps][kTdMaxG], sm_l[kTdWarps][kTdMaxG];
   __shared__ float sm_o[kTdWarps][kTdMaxG][D];
+  __shared__ float cl_o[kTdMaxG][D], cl_lse[kTdMaxG];  // this CTA's split result (cluster mode)
   pdl_launch_dependents();  // PDL: nothing read before the previous kernel finished
   pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -365,7 +372,10 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
     const float val = L > 0.f ? O / L : 0.f;
     const float lse = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
     const int64_t row = static_cast<int64_t>(b) * p.Hq + h * G + g;  // N == 1
-    if (p.splits == 1) {
+    if (p.cluster > 1) {
+      cl_o[g][d] = val;
+      if (d == 0) cl_lse[g] = lse;
+    } else if (p.splits == 1) {
       static_cast<T*>(p.out)[row * D + d] = from_float<T>(val);
       if (d == 0) p.lse[row] = lse;
     } else {
@@ -373,6 +383,40 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
       p.part_out[prow * D + d] = val;
       if (d == 0) p.part_lse[prow] = lse;
     }
+  }
+  if (p.cluster > 1) {
+    // The cluster's CTAs are this KV head's splits: each merges a share of the G x D
+    // outputs, reading every split's result from its CTA's shared memory.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every split's result is in its shared memory
+    const int n = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+    for (int t = rank * blockDim.x + threadIdx.x; t < G * D; t += n * blockDim.x) {
+      const int g = t / D, d = t % D;
+      float ls[kTdMaxCluster], os[kTdMaxCluster];
+      float M = -INFINITY;
+#pragma unroll
+      for (int s = 0; s < kTdMaxCluster; ++s) {
+        if (s < n) {
+          ls[s] = *cluster.map_shared_rank(&cl_lse[g], s);
+          os[s] = *cluster.map_shared_rank(&cl_o[g][d], s);
+          M = fmaxf(M, ls[s]);
+        }
+      }
+      float L = 0.f, O = 0.f;
+#pragma unroll
+      for (int s = 0; s < kTdMaxCluster; ++s) {
+        if (s < n && ls[s] != -INFINITY) {
+          const float w = __expf(ls[s] - M);
+          L += w;
+          O += w * os[s];
+        }
+      }
+      const int64_t row = static_cast<int64_t>(b) * p.Hq + h * G + g;
+      static_cast<T*>(p.out)[row * D + d] = from_float<T>(L > 0.f ? O / L : 0.f);
+      if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
+    }
+    cluster.sync();  // no CTA leaves while another may still read its shared memory
   }
 }
 

@@ -35,9 +35,23 @@ def gguf_path() -> Path:
     return path
 
 
+def gguf_special_ids(path: Path) -> dict[str, int]:
+    """tokenizer.ggml.{bos,eos,padding,unknown}_token_id of a GGUF file (those present)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    names = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
+    out = {}
+    for short, key in names.items():
+        f = fields.get(f"tokenizer.ggml.{key}")
+        if f is not None:
+            out[short] = int(f.parts[f.data[0]][0])
+    return out
+
+
 def default_checkpoint() -> Path:
     """The HF-format checkpoint directory of the default model (converted on first use)."""
-    out = cache_dir() / "SmolLM2-135M-Instruct"
+    out = cache_dir() / "SmolLM2-135M-Instruct-v2"  # v2: special-token ids from the GGUF's own metadata
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
     gguf = gguf_path()
@@ -56,13 +70,16 @@ def default_checkpoint() -> Path:
     # transformers will not re-serialise a GGUF-loaded model: write the checkpoint ourselves.
     config = model.config.to_dict()
     config["architectures"] = ["LlamaForCausalLM"]
+    # Special-token ids as the GGUF states them: transformers versions disagree on what they
+    # derive (5.17 gave EOS 1 = <|im_start|> for this file, 5.24 gives 2 = <|im_end|>).
+    special = gguf_special_ids(gguf)
+    config.update({f"{k}_token_id": v for k, v in special.items() if k in ("bos", "eos", "pad")})
     (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
     weights = {k: v.contiguous() for k, v in model.state_dict().items()
                if not (config.get("tie_word_embeddings") and k == "lm_head.weight")}
     save_file(weights, str(tmp / "model.safetensors"))
     tok.save_pretrained(tmp)
-    eos = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token else config.get("eos_token_id")
-    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": config.get("eos_token_id")}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
