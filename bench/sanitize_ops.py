@@ -59,5 +59,13 @@ for N, K in ((7, 24), (300, 4104)):  # partial warps / rows, bias
     wg = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
     decoder.gemv(torch.randn(1, K, device=dev, dtype=torch.bfloat16), wg, torch.randn(N, device=dev,
                                                                                    dtype=torch.bfloat16))
+decoder.gemv_silu_and_mul(torch.randn(1, 1016, device=dev, dtype=torch.float16),
+                          torch.randn(2 * 37, 1016, device=dev, dtype=torch.float16))
+xn = torch.randn(1, 1016, device=dev, dtype=torch.bfloat16)
+decoder.rms_norm_linear(xn, torch.randn_like(xn), torch.randn(1016, device=dev, dtype=torch.bfloat16), 1e-5,
+                        torch.randn(2 * 45, 1016, device=dev, dtype=torch.bfloat16), silu_and_mul=True)
+decoder.rms_norm_linear(xn, None, torch.randn(1016, device=dev, dtype=torch.bfloat16), 1e-5,
+                        torch.randn(45, 1016, device=dev, dtype=torch.bfloat16), torch.randn(45, device=dev,
+                                                                                          dtype=torch.bfloat16))
 torch.cuda.synchronize()
 print("sanitize_ops: all ops ran")

@@ -449,22 +449,31 @@ at::Tensor rope_qk_store_kv(const at::Tensor& qkv, const at::Tensor& positions, 
   return q;
 }
 
-at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+// One-row GEMV family: y = weight @ x (+ bias); silu_and_mul: weight = [gate; up]; norm: x
+// replaced by rms_norm(x [+ residual]) first (sum = x + residual returned, else empty).
+std::tuple<at::Tensor, at::Tensor> gemv_impl(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                             const std::optional<at::Tensor>& bias, bool silu_and_mul,
+                                             const at::Tensor* norm_weight, const std::optional<at::Tensor>& residual,
+                                             double eps) {
   const at::Device device = x.device();
   check_cuda(x, "x", device);
   check_cuda(weight, "weight", device);
   const frspec::DType dtype = to_frspec_dtype(x, "x");
-  TORCH_CHECK(weight.dim() == 2, "weight must be [out_features, in_features], got shape ", weight.sizes());
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K && x.numel() == K, "gemv takes one row: x must be [..., ", K,
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) > 0, op, ": weight must be [out_features, in_features], got shape ",
+              weight.sizes());
+  TORCH_CHECK(!silu_and_mul || weight.size(0) % 2 == 0, op, ": weight must be [2 * intermediate, in_features] "
+              "(the fused gate and up projections), got shape ", weight.sizes());
+  const int64_t N = silu_and_mul ? weight.size(0) / 2 : weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K && x.numel() == K, op, " takes one row: x must be [..., ", K,
               "] with one row, got shape ", x.sizes());
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight dtype ", weight.scalar_type(), " must equal x dtype ",
               x.scalar_type());
   TORCH_CHECK(K > 0 && K % 8 == 0, "in_features must be a positive multiple of 8, got ", K);
-  TORCH_CHECK(N > 0 && N <= 0x7fffffff && K <= 0x7fffffff, "gemv: out_features must be in [1, 2^31), got ", N);
+  TORCH_CHECK(weight.size(0) <= 0x7fffffff && K <= 0x7fffffff, op, ": weight dimensions must be < 2^31, got ",
+              weight.sizes());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
-              "gemv: x and weight must be 16-byte aligned");
+              op, ": x and weight must be 16-byte aligned");
   if (bias) {
     check_cuda(*bias, "bias", device);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must be [out_features] = [", N, "], got shape ",
@@ -472,14 +481,52 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
     TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must equal x dtype ",
                 x.scalar_type());
   }
+  frspec::GemvNormArgs norm{};
+  at::Tensor sum = at::empty({0}, x.options());
+  if (norm_weight) {
+    check_cuda(*norm_weight, "norm_weight", device);
+    TORCH_CHECK(norm_weight->dim() == 1 && norm_weight->size(0) == K, "norm_weight must be [in_features] = [", K,
+                "], got shape ", norm_weight->sizes());
+    TORCH_CHECK(norm_weight->scalar_type() == x.scalar_type(), "norm_weight dtype ", norm_weight->scalar_type(),
+                " must equal x dtype ", x.scalar_type());
+    TORCH_CHECK(K <= 24576, op, ": in_features must be <= 24576 with the fused norm, got ", K);
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(norm_weight->data_ptr()) % 16 == 0, "norm_weight must be 16-byte aligned");
+    norm.weight = norm_weight->data_ptr();
+    norm.eps = static_cast<float>(eps);
+    if (residual) {
+      check_cuda(*residual, "residual", device);
+      TORCH_CHECK(residual->sizes() == x.sizes(), "residual shape ", residual->sizes(), " must equal x shape ",
+                  x.sizes());
+      TORCH_CHECK(residual->scalar_type() == x.scalar_type(), "residual dtype ", residual->scalar_type(),
+                  " must equal x dtype ", x.scalar_type());
+      TORCH_CHECK(reinterpret_cast<uintptr_t>(residual->data_ptr()) % 16 == 0, "residual must be 16-byte aligned");
+      sum = at::empty_like(x);
+      norm.residual = residual->data_ptr();
+      norm.sum_out = sum.data_ptr();
+    }
+  }
   auto shape = x.sizes().vec();
   shape.back() = N;
   at::Tensor y = at::empty(shape, x.options());
   const c10::cuda::CUDAGuard guard(device);
   check_launch(frspec::gemv(x.data_ptr(), weight.data_ptr(), bias ? bias->data_ptr() : nullptr, y.data_ptr(), N, K,
-                            dtype, c10::cuda::getCurrentCUDAStream()),
-               "gemv");
-  return y;
+                            dtype, c10::cuda::getCurrentCUDAStream(), norm_weight ? &norm : nullptr, silu_and_mul),
+               op);
+  return {y, sum};
+}
+
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  return std::get<0>(gemv_impl("gemv", x, weight, bias, false, nullptr, std::nullopt, 0.0));
+}
+
+at::Tensor gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& gate_up_weight) {
+  return std::get<0>(gemv_impl("gemv_silu_and_mul", x, gate_up_weight, std::nullopt, true, nullptr, std::nullopt, 0.0));
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_gemv(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                                 const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
+                                                 const std::optional<at::Tensor>& bias, bool silu_and_mul) {
+  return gemv_impl("rms_norm_gemv", x, weight, bias, silu_and_mul, &norm_weight, residual, eps);
 }
 
 // Programmatic dependent launch on/off for this process; returns the previous setting.
@@ -524,6 +571,9 @@ TORCH_LIBRARY(frspec_cuda, m) {
   m.def("rope_qk_store_kv(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor slots, Tensor(a!) k_cache,"
         " Tensor(b!) v_cache, int num_heads) -> Tensor q");
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("gemv_silu_and_mul(Tensor x, Tensor gate_up_weight) -> Tensor");
+  m.def("rms_norm_gemv(Tensor x, Tensor? residual, Tensor norm_weight, float eps, Tensor weight, Tensor? bias,"
+        " bool silu_and_mul) -> (Tensor y, Tensor sum)");
   m.def("set_programmatic_launch(bool enabled) -> bool", &set_programmatic_launch);
 }
 
@@ -541,4 +591,6 @@ TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("rope_qk_store_kv", &rope_qk_store_kv);
   m.impl("gemv", &gemv);
+  m.impl("gemv_silu_and_mul", &gemv_silu_and_mul);
+  m.impl("rms_norm_gemv", &rms_norm_gemv);
 }

@@ -243,6 +243,72 @@ def test_gemv_kernel_follows_the_rule(N, K, bias, dtype):
     assert torch.equal(decoder.linear(x, w, b), got)  # one row on CUDA: linear takes the kernel
 
 
+@requires_kernel("gemv_silu_and_mul")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("I,K", [(1, 8), (13, 24), (14336, 4096), (1000, 1016)])
+def test_gemv_silu_and_mul_kernel_follows_the_rule(I, K, dtype):
+    g = torch.Generator(device="cuda").manual_seed(I * 17 + K)
+    x = torch.randn(1, 1, K, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(2 * I, K, device="cuda", generator=g) * (3 / K ** 0.5)).to(dtype)
+    poison_cuda_allocator()
+    got = decoder.gemv_silu_and_mul(x, w)
+    assert got.shape == (1, 1, I) and got.dtype == dtype
+    exact = ref.silu_and_mul(torch.nn.functional.linear(x.double(), w.double()))
+    _close_to_rule(got, ref.gemv_silu_and_mul(x, w), exact, f"gemv_silu_and_mul {I}x{K} {dtype}")
+    # the same accumulation and roundings as the two kernels it replaces
+    assert torch.equal(got, decoder.silu_and_mul(decoder.gemv(x, w)))
+    assert torch.equal(decoder.linear_silu_and_mul(x, w), got)
+    x3 = torch.randn(3, K, device="cuda", generator=g).to(dtype)  # several rows: cuBLAS + silu_and_mul
+    assert torch.equal(decoder.linear_silu_and_mul(x3, w), decoder.silu_and_mul(torch.nn.functional.linear(x3, w)))
+
+
+@requires_kernel("rms_norm_gemv")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,K,residual,silu,bias", [(4096, 4096, True, False, False), (6144, 4096, True, False, True),
+                                                    (14336, 4096, True, True, False), (37, 1016, False, False, False),
+                                                    (5, 24, False, True, False), (300, 24576, True, False, False)])
+def test_rms_norm_gemv_kernel_follows_the_rule(N, K, residual, silu, bias, dtype):
+    g = torch.Generator(device="cuda").manual_seed(N + K)
+    x = (torch.randn(1, 1, K, device="cuda", generator=g) * 2).to(dtype)
+    r = torch.randn(1, 1, K, device="cuda", generator=g).to(dtype) if residual else None
+    nw = (1 + 0.2 * torch.randn(K, device="cuda", generator=g)).to(dtype)
+    w = (torch.randn(2 * N if silu else N, K, device="cuda", generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(N, device="cuda", generator=g).to(dtype) if bias else None
+    poison_cuda_allocator()
+    y, s = decoder.rms_norm_linear(x, r, nw, 1e-5, w, b, silu_and_mul=silu)
+    expect_s = x + r if residual else x
+    assert torch.equal(s, expect_s)  # the residual stream, rounded once as eager
+    h64 = ref.rms_norm(expect_s.double(), nw.double(), 1e-5)
+    p64 = torch.nn.functional.linear(h64, w.double(), None if b is None else b.double())
+    h = ref.rms_norm(expect_s, nw, 1e-5)
+    eager = torch.nn.functional.linear(h, w, b)
+    exact = ref.silu_and_mul(p64) if silu else p64
+    _close_to_rule(y, ref.silu_and_mul(eager) if silu else eager, exact, f"rms_norm_gemv {N}x{K} {dtype}")
+    assert y.shape == (1, 1, N)
+
+
+@requires_kernel("rms_norm_gemv")
+def test_rms_norm_gemv_rejects_bad_inputs_and_falls_back():
+    dev, dt = "cuda", torch.bfloat16
+    x, w, nw = (torch.randn(1, 64, device=dev, dtype=dt), torch.randn(16, 64, device=dev, dtype=dt),
+                torch.ones(64, device=dev, dtype=dt))
+    op = torch.ops.frspec_cuda.rms_norm_gemv
+    with pytest.raises(RuntimeError, match="norm_weight must be"):
+        op(x, None, nw[:32], 1e-5, w, None, False)
+    with pytest.raises(RuntimeError, match="residual shape"):
+        op(x, x[:, :32], nw, 1e-5, w, None, False)
+    with pytest.raises(RuntimeError, match="<= 24576"):
+        op(torch.randn(1, 24584, device=dev, dtype=dt), None, torch.ones(24584, device=dev, dtype=dt), 1e-5,
+           torch.randn(2, 24584, device=dev, dtype=dt), None, False)
+    with pytest.raises(RuntimeError, match="norm_weight dtype"):
+        op(x, None, nw.half(), 1e-5, w, None, False)
+    # several rows: the unfused path (add_rms_norm, then cuBLAS)
+    x3, r3 = torch.randn(3, 64, device=dev, dtype=dt), torch.randn(3, 64, device=dev, dtype=dt)
+    y, s = decoder.rms_norm_linear(x3, r3, nw, 1e-5, w)
+    h, s2 = decoder.add_rms_norm(x3, r3, nw, 1e-5)
+    assert torch.equal(s, s2) and torch.equal(y, torch.nn.functional.linear(h, w))
+
+
 @requires_kernel("gemv")
 def test_gemv_rejects_bad_inputs():
     dev, dt = "cuda", torch.bfloat16
@@ -263,6 +329,10 @@ def test_gemv_rejects_bad_inputs():
         decoder.gemv(torch.randn(1, 64, device=dev, dtype=dt), w.view(-1))
     with pytest.raises(RuntimeError, match="CUDA tensor"):
         torch.ops.frspec_cuda.gemv(torch.randn(1, 64, device=dev, dtype=dt), w.cpu())
+    with pytest.raises(RuntimeError, match="2 \\* intermediate"):
+        decoder.gemv_silu_and_mul(torch.randn(1, 64, device=dev, dtype=dt), w[:15].contiguous())
+    with pytest.raises(RuntimeError, match="one row"):
+        decoder.gemv_silu_and_mul(torch.randn(2, 64, device=dev, dtype=dt), w)
     # decoder.linear falls back to cuBLAS where the kernel cannot take the input
     x = torch.randn(65, device=dev, dtype=dt)[1:]
     assert torch.equal(decoder.linear(x, w), torch.nn.functional.linear(x, w))
@@ -284,9 +354,13 @@ def test_programmatic_launch_chain_equals_serial_launches():
 
     def chain(x):
         delta = torch.zeros_like(x)
-        for _ in range(12):
-            h, x = decoder.add_rms_norm(delta, x, norm_w, 1e-5)
-            delta = decoder.gemv(decoder.silu_and_mul(decoder.gemv(h, w_up)), w_down)
+        for i in range(12):
+            if i % 2:
+                act, x = decoder.rms_norm_linear(delta, x, norm_w, 1e-5, w_up, silu_and_mul=True)
+            else:
+                h, x = decoder.add_rms_norm(delta, x, norm_w, 1e-5)
+                act = decoder.gemv_silu_and_mul(h, w_up)
+            delta = decoder.gemv(act, w_down)
         return x + delta
 
     results = {}

@@ -50,12 +50,17 @@ cudaError_t launch_rope(const void* qkv, const int64_t* positions, const float* 
                        static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(D), L);
 }
 
-template <typename T>
+template <typename T, bool kSiluMul>
 cudaError_t launch_gemv(const void* x, const void* w, const void* bias, void* y, int64_t N, int64_t K,
-                        cudaStream_t stream) {
-  return launch_kernel(gemv_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, kGemvWarps))), dim3(kGemvWarps * 32), 0,
-                       stream, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                       static_cast<T*>(y), static_cast<int>(N), static_cast<int>(K));
+                        const GemvNorm* norm, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, kGemvWarps))), block(kGemvWarps * 32);
+  if (norm)
+    return launch_kernel(gemv_kernel<T, kSiluMul, true>, grid, block, static_cast<size_t>(K) * sizeof(T), stream,
+                         static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+                         static_cast<T*>(y), static_cast<int>(N), static_cast<int>(K), *norm);
+  return launch_kernel(gemv_kernel<T, kSiluMul, false>, grid, block, 0, stream, static_cast<const T*>(x),
+                       static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y), static_cast<int>(N),
+                       static_cast<int>(K), GemvNorm{});
 }
 
 }  // namespace
@@ -92,11 +97,25 @@ cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const fl
 }
 
 cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
-                 cudaStream_t stream) {
-  if (N <= 0 || K <= 0 || K % 8 || N > 0x7fffffff || K > 0x7fffffff) return cudaErrorInvalidValue;
+                 cudaStream_t stream, const GemvNormArgs* norm, bool silu_and_mul) {
+  if (N <= 0 || K <= 0 || K % 8 || (silu_and_mul ? 2 * N : N) > 0x7fffffff || K > 0x7fffffff ||
+      (silu_and_mul && bias))
+    return cudaErrorInvalidValue;
   if (!is_aligned(x, 16) || !is_aligned(weight, 16)) return cudaErrorMisalignedAddress;
-  return dtype == DType::kBFloat16 ? launch_gemv<__nv_bfloat16>(x, weight, bias, y, N, K, stream)
-                                   : launch_gemv<__half>(x, weight, bias, y, N, K, stream);
+  GemvNorm fused{};
+  if (norm) {
+    if (K > kGemvNormMaxK || !norm->weight || (norm->residual && !norm->sum_out)) return cudaErrorInvalidValue;
+    if (!is_aligned(norm->weight, 16) || (norm->residual && (!is_aligned(norm->residual, 16) ||
+                                                             !is_aligned(norm->sum_out, 16))))
+      return cudaErrorMisalignedAddress;
+    fused = GemvNorm{norm->residual, norm->weight, norm->sum_out, norm->eps};
+  }
+  const GemvNorm* f = norm ? &fused : nullptr;
+  if (dtype == DType::kBFloat16)
+    return silu_and_mul ? launch_gemv<__nv_bfloat16, true>(x, weight, bias, y, N, K, f, stream)
+                        : launch_gemv<__nv_bfloat16, false>(x, weight, bias, y, N, K, f, stream);
+  return silu_and_mul ? launch_gemv<__half, true>(x, weight, bias, y, N, K, f, stream)
+                      : launch_gemv<__half, false>(x, weight, bias, y, N, K, f, stream);
 }
 
 }  // namespace frspec

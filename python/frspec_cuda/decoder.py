@@ -59,12 +59,55 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias). A single row (a batch-1 decode step) on CUDA fp16/bf16 runs
     our GEMV kernel, which streams the weight once with the next kernel's start overlapped
     (programmatic dependent launch); everything else is F.linear (cuBLAS)."""
-    K = x.shape[-1]
-    if (GEMV_ENABLED and x.is_cuda and x.dtype in _KERNEL_DTYPES and x.numel() == K and K % 8 == 0
-            and weight.dtype == x.dtype and weight.is_contiguous() and x.is_contiguous()
-            and weight.data_ptr() % 16 == 0 and x.data_ptr() % 16 == 0 and "gemv" in _library.CUDA_KERNELS):
+    if _one_row_kernel(x, weight, "gemv"):
         return torch.ops.frspec_cuda.gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _one_row_kernel(x: torch.Tensor, weight: torch.Tensor, op: str) -> bool:
+    K = x.shape[-1]
+    return (GEMV_ENABLED and x.is_cuda and x.dtype in _KERNEL_DTYPES and x.numel() == K and K % 8 == 0
+            and weight.dtype == x.dtype and weight.is_contiguous() and x.is_contiguous()
+            and weight.data_ptr() % 16 == 0 and x.data_ptr() % 16 == 0 and op in _library.CUDA_KERNELS)
+
+
+def linear_silu_and_mul(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
+    """silu_and_mul(F.linear(x, gate_up_weight)): the first half of a SwiGLU MLP with fused
+    [gate; up] weights. One row on CUDA fp16/bf16: one GEMV kernel that applies silu * up to
+    its two rows' results (no [2 I] intermediate, no second kernel)."""
+    if _one_row_kernel(x, gate_up_weight, "gemv_silu_and_mul"):
+        return torch.ops.frspec_cuda.gemv_silu_and_mul(x, gate_up_weight)
+    return silu_and_mul(F.linear(x, gate_up_weight))
+
+
+def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                    weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    silu_and_mul: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(rms_norm(s)), s) with s = x + residual (or x): a decoder layer's residual add,
+    norm and the projection after it (silu_and_mul(linear(...)) with fused [gate; up] weights
+    when silu_and_mul). One row on CUDA fp16/bf16 (hidden <= 24576): one GEMV kernel whose
+    blocks each normalise the row themselves; otherwise add_rms_norm / rms_norm, then
+    `linear` / `linear_silu_and_mul`."""
+    K = x.shape[-1]
+    if (K <= 24576 and norm_weight.dtype == x.dtype and norm_weight.is_contiguous()
+            and norm_weight.data_ptr() % 16 == 0 and norm_weight.shape == (K,)
+            and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                      and residual.is_contiguous() and residual.data_ptr() % 16 == 0))
+            and (bias is None or not silu_and_mul) and _one_row_kernel(x, weight, "rms_norm_gemv")):
+        y, s = torch.ops.frspec_cuda.rms_norm_gemv(x, residual, norm_weight, eps, weight, bias, silu_and_mul)
+        return y, (x if residual is None else s)
+    if residual is None:
+        h, s = rms_norm(x, norm_weight, eps), x
+    else:
+        h, s = add_rms_norm(x, residual, norm_weight, eps)
+    return (linear_silu_and_mul(h, weight) if silu_and_mul else linear(h, weight, bias)), s
+
+
+def gemv_silu_and_mul(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
+    """The fused op itself (one row); the reference elsewhere."""
+    if not _kernel(x, "gemv_silu_and_mul"):
+        return ref.gemv_silu_and_mul(x, gate_up_weight)
+    return torch.ops.frspec_cuda.gemv_silu_and_mul(x, gate_up_weight)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,6 +132,15 @@ if _library.LOADED:
     @torch.library.register_fake("frspec_cuda::gemv")
     def _gemv_fake(x, weight, bias=None):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("frspec_cuda::rms_norm_gemv")
+    def _rms_norm_gemv_fake(x, residual, norm_weight, eps, weight, bias, silu_and_mul):
+        n = weight.shape[0] // 2 if silu_and_mul else weight.shape[0]
+        return x.new_empty((*x.shape[:-1], n)), (x.new_empty(x.shape) if residual is not None else x.new_empty(0))
+
+    @torch.library.register_fake("frspec_cuda::gemv_silu_and_mul")
+    def _gemv_silu_and_mul_fake(x, gate_up_weight):
+        return x.new_empty((*x.shape[:-1], gate_up_weight.shape[0] // 2))
 
     @torch.library.register_fake("frspec_cuda::rms_norm")
     def _rms_norm_fake(x, weight, eps):

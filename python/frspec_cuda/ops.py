@@ -11,7 +11,8 @@ from . import _library, reference
 # Ops that have a CUDA kernel in csrc/ (`frspec info` reports which are loaded).
 KERNEL_OPS = ("merge_attention_states", "fr_lm_head_topk", "build_dynamic_tree", "tree_attention",
               "verify_tree_greedy", "verify_tree_sampling", "compact_kv_cache", "apb_attention", "rms_norm",
-              "add_rms_norm", "silu_and_mul", "rope_qk_store_kv", "gemv")
+              "add_rms_norm", "silu_and_mul", "rope_qk_store_kv", "gemv", "gemv_silu_and_mul",
+              "rms_norm_gemv")
 
 
 def merge_attention_states(

@@ -172,38 +172,116 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-template <typename T>
+// The RMSNorm in front of a GEMV (kNorm): every block normalises the input row itself into
+// shared memory -- s = round(x + residual) (block 0 writes s to sum_out), then
+// round(round(s * rsqrt(mean(s^2) + eps)) * norm_weight), rms_norm_kernel's roundings --
+// so the residual add + norm costs no kernel of its own (a few us of latency each).
+struct GemvNorm {
+  const void* residual;     // may be null (then s = x)
+  const void* weight;       // [K]
+  void* sum_out;            // [K], written when residual is set
+  float eps;
+};
+constexpr int kGemvNormMaxK = 24576;  // the normalised row lives in static-size-free dynamic smem
+
+// kSiluMul: w is the fused [gate; up] projection [2N, K] and y[n] = silu(gate[n]) * up[n]
+// with eager's roundings (each product rounded, then silu, then the product): the MLP's
+// gate/up GEMV and silu_and_mul in one kernel; a warp streams both of its rows at once.
+template <typename T, bool kSiluMul, bool kNorm>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                const T* __restrict__ bias, T* __restrict__ y,
-                                                               int N, int K) {
+                                                               int N, int K, const GemvNorm norm) {
+  constexpr int R = kSiluMul ? 2 : 1;  // weight rows per output
+  extern __shared__ uint4 gemv_xs[];   // kNorm: the normalised row, K / 8 chunks
+  __shared__ float scratch[32];
   pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n = blockIdx.x * kGemvWarps + warp;
   const int chunks = K / 8;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(n < N ? n : 0) * K);
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
-  uint4 wv[kGemvUnroll];
+  const uint4* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    wr[r] = reinterpret_cast<const uint4*>(w + (static_cast<int64_t>(r) * N + (n < N ? n : 0)) * K);
+  uint4 wv[R][kGemvUnroll];
 #pragma unroll
   for (int u = 0; u < kGemvUnroll; ++u)  // weights only: safe before pdl_wait
-    if (n < N && lane + 32 * u < chunks) wv[u] = load_stream(wr + lane + 32 * u);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (n < N && lane + 32 * u < chunks) wv[r][u] = load_stream(wr[r] + lane + 32 * u);
   pdl_wait();
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  if constexpr (kNorm) {
+    using V = Vec<T, 8>;
+    const T* res = static_cast<const T*>(norm.residual);
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+      V a;
+      a.load(x + 8 * c);
+      if (res) {
+        V b;
+        b.load(res + 8 * c);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) a.v[e] = from_float<T>(to_float(a.v[e]) + to_float(b.v[e]));
+        if (blockIdx.x == 0) a.store(static_cast<T*>(norm.sum_out) + 8 * c);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss += to_float(a.v[e]) * to_float(a.v[e]);
+      gemv_xs[c] = *reinterpret_cast<const uint4*>(&a);
+    }
+    const float rs = rsqrtf(block_sum(ss, scratch) / K + norm.eps);
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {  // the chunks this thread wrote
+      V a = *reinterpret_cast<const V*>(&gemv_xs[c]), g;
+      g.load(static_cast<const T*>(norm.weight) + 8 * c);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        a.v[e] = from_float<T>(to_float(from_float<T>(to_float(a.v[e]) * rs)) * to_float(g.v[e]));
+      gemv_xs[c] = *reinterpret_cast<const uint4*>(&a);
+    }
+    __syncthreads();
+    xv = gemv_xs;
+  }
   if (n >= N) return;
-  float acc = 0.f;
+  auto load_x = [&](int idx) { return kNorm ? xv[idx] : __ldg(xv + idx); };
+  float acc[R] = {};
   int c = lane;
   // the chunks prefetched above
 #pragma unroll
-  for (int u = 0; u < kGemvUnroll; ++u)
-    if (c + 32 * u < chunks) acc += dot8<T>(wv[u], __ldg(xv + c + 32 * u));
+  for (int u = 0; u < kGemvUnroll; ++u) {
+    if (c + 32 * u < chunks) {
+      const uint4 xu = load_x(c + 32 * u);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] += dot8<T>(wv[r][u], xu);
+    }
+  }
   c += 32 * kGemvUnroll;
   for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_stream(wr + c + 32 * u);
+    for (int u = 0; u < kGemvUnroll; ++u)
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) acc += dot8<T>(wv[u], __ldg(xv + c + 32 * u));
+      for (int r = 0; r < R; ++r) wv[r][u] = load_stream(wr[r] + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) {
+      const uint4 xu = load_x(c + 32 * u);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] += dot8<T>(wv[r][u], xu);
+    }
   }
-  for (; c < chunks; c += 32) acc += dot8<T>(load_stream(wr + c), __ldg(xv + c));
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (lane == 0) y[n] = from_float<T>(bias ? acc + to_float(bias[n]) : acc);
+  for (; c < chunks; c += 32) {
+    const uint4 xu = load_x(c);
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] += dot8<T>(load_stream(wr[r] + c), xu);
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+  if (lane != 0) return;
+  if constexpr (kSiluMul) {
+    const float g = to_float(from_float<T>(acc[0]));
+    const T s = from_float<T>(g / (1.f + expf(-g)));
+    y[n] = from_float<T>(to_float(s) * to_float(from_float<T>(acc[R - 1])));
+  } else {
+    y[n] = from_float<T>(bias ? acc[0] + to_float(bias[n]) : acc[0]);
+  }
 }
 
 }  // namespace frspec

@@ -122,8 +122,18 @@ cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const fl
                              int64_t Hkv, int64_t D, int64_t L, DType dtype, cudaStream_t stream);
 // gemv: y [N] = weight [N, K] @ x [K] (+ bias [N], may be null), fp32 accumulation, one
 // rounding. K % 8 == 0 and x / weight 16-byte aligned (else cudaErrorMisalignedAddress).
+// silu_and_mul: weight is the fused [gate; up] projection [2 N, K] and y [N] = silu(gate) *
+// up, rounded as gemv + silu_and_mul would (no bias). norm (non-null): x is first replaced
+// by rms_norm(x [+ residual]) as rms_norm() computes it, in every block (no extra kernel);
+// with a residual, x + residual is also written to sum_out. K <= 24576 with norm.
+struct GemvNormArgs {
+  const void* residual;  // [K] or null
+  const void* weight;    // [K]
+  void* sum_out;         // [K] (with residual)
+  float eps;
+};
 cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
-                 cudaStream_t stream);
+                 cudaStream_t stream, const GemvNormArgs* norm = nullptr, bool silu_and_mul = false);
 
 // Programmatic dependent launch for the kernels above and tree attention (on by default;
 // FRSPEC_PDL=0 in the environment turns it off). Declared in frspec/common.cuh.

@@ -126,9 +126,19 @@ def _gemv_rows(device: torch.device, copy_gbs: float, quick: bool) -> list[dict]
         x = torch.randn(1, K, device=device, dtype=dt)
         floor_us = nbytes / (copy_gbs * 1e3)
         res = {}
-        for impl, pdl, fn in (("frspec_cuda gemv + PDL", True, decoder.gemv),
-                              ("frspec_cuda gemv, no PDL", False, decoder.gemv),
-                              ("cuBLAS (F.linear)", False, torch.nn.functional.linear)):
+        impls = [("frspec_cuda gemv + PDL", True, decoder.gemv), ("frspec_cuda gemv, no PDL", False, decoder.gemv),
+                 ("cuBLAS (F.linear)", False, torch.nn.functional.linear)]
+        if name == "gate_up":  # + silu_and_mul: fused in the GEMV vs its own kernel after it
+            impls += [("frspec_cuda gemv_silu_and_mul (fused) + PDL", True, decoder.gemv_silu_and_mul),
+                      ("frspec_cuda gemv, then silu_and_mul + PDL", True,
+                       lambda x, w: decoder.silu_and_mul(decoder.gemv(x, w)))]
+        if name == "qkv":  # + the residual add and RMSNorm before it: fused in the GEMV vs add_rms_norm first
+            res, nw = torch.randn(1, K, device=device, dtype=dt), torch.ones(K, device=device, dtype=dt)
+            impls += [("frspec_cuda rms_norm_gemv (add + norm fused) + PDL", True,
+                       lambda x, w: decoder.rms_norm_linear(x, res, nw, 1e-5, w)[0]),
+                      ("frspec_cuda add_rms_norm, then gemv + PDL", True,
+                       lambda x, w: decoder.gemv(decoder.add_rms_norm(x, res, nw, 1e-5)[0], w))]
+        for impl, pdl, fn in impls:
             previous = decoder.set_programmatic_launch(pdl)
             try:
                 res[impl] = _graph_us(lambda: [fn(x, w) for w in ws], per_graph=2) / copies
@@ -138,6 +148,6 @@ def _gemv_rows(device: torch.device, copy_gbs: float, quick: bool) -> list[dict]
                              time_us=round(res[impl], 2), floor_us=round(floor_us, 2),
                              x_floor=round(res[impl] / floor_us, 3),
                              read_gbs=round(nbytes / res[impl] / 1e3, 1)))
-        rows[-3]["speedup_vs_cublas"] = round(res["cuBLAS (F.linear)"] / res["frspec_cuda gemv + PDL"], 3)
+        rows[-len(impls)]["speedup_vs_cublas"] = round(res["cuBLAS (F.linear)"] / res["frspec_cuda gemv + PDL"], 3)
         del ws
     return rows

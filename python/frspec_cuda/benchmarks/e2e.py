@@ -170,14 +170,20 @@ _KERNEL_KINDS = (("matmul", ("gemv", "gemm", "nvjet", "xmma", "cutlass", "cublas
 
 
 def kernel_breakdown(fn, label: str) -> dict:
-    """GPU time per kind of kernel in one eager call of `fn` (torch profiler): where a step's
-    time goes, kernel execution only (launch gaps excluded)."""
+    """GPU time per kind of kernel in one eager call of `fn` (torch profiler, programmatic
+    dependent launch off): where a step's time goes, kernel execution only (launch gaps
+    excluded)."""
     from torch.profiler import ProfilerActivity, profile
 
+    # Without PDL: a kernel launched early would count its wait for the previous one as its own.
+    previous = decoder.set_programmatic_launch(False)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    finally:
+        decoder.set_programmatic_launch(previous)
     kinds: dict[str, float] = {}
     count = 0
     for e in prof.events():

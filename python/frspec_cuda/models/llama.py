@@ -194,14 +194,24 @@ class LlamaModel:
             return x, x
         return decoder.add_rms_norm(delta, x, weight, eps)
 
+    def norm_linear(self, x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tensor | None,
+                    weight: torch.Tensor, bias: torch.Tensor | None = None, silu_and_mul: bool = False):
+        """(linear(norm(x + delta)), x + delta), `add_norm` followed by the projection; for one
+        row on the GPU a single kernel (`decoder.rms_norm_linear`). silu_and_mul: weight is
+        the fused [gate; up] and the result silu(gate) * up."""
+        if norm_weight is not None:
+            return decoder.rms_norm_linear(x, delta, norm_weight, self.cfg.rms_norm_eps, weight, bias, silu_and_mul)
+        h, x = self.add_norm(x, delta, None)
+        return (decoder.linear_silu_and_mul(h, weight) if silu_and_mul else decoder.linear(h, weight, bias)), x
+
     def attention_out_and_mlp(self, lw: dict, x: torch.Tensor, attn: torch.Tensor):
         """Output projection of the attention result (any trailing head layout), residual,
         post-norm SwiGLU MLP. Returns (x after the attention residual, the MLP output still
         to be added: the next layer's norm adds it)."""
         c = self.cfg
         o = decoder.linear(attn.reshape(*x.shape[:-1], c.num_heads * c.head_dim), lw["o"])
-        h, x = self.add_norm(x, o, lw["post_norm"])
-        return x, decoder.linear(decoder.silu_and_mul(decoder.linear(h, lw["gate_up"])), lw["down"])
+        act, x = self.norm_linear(x, o, lw["post_norm"], lw["gate_up"], silu_and_mul=True)
+        return x, decoder.linear(act, lw["down"])
 
     def finish_layer(self, lw: dict, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after attention, residuals included."""
@@ -260,8 +270,7 @@ class LlamaModel:
         delta = None  # the previous layer's MLP output, added by this layer's (fused) norm
         for i in range(n_layers):
             lw = self.w["layers"][i]
-            h, x = self.add_norm(x, delta, lw.get("input_norm"))
-            qkv = decoder.linear(h, lw["qkv"], lw.get("qkv_bias"))
+            qkv, x = self.norm_linear(x, delta, lw.get("input_norm"), lw["qkv"], lw.get("qkv_bias"))
             # RoPE on q and k, k and v stored at their slots: one kernel on the GPU
             q = decoder.rope_qk_store_kv(qkv, positions, self.inv_freq, slots, kv_cache[i, 0], kv_cache[i, 1],
                                          c.num_heads)

@@ -61,3 +61,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if x.numel() != x.shape[-1]:
         raise ValueError(f"gemv takes one row: x must be [..., {x.shape[-1]}] with one row, got {tuple(x.shape)}")
     return F.linear(x, weight, bias)
+
+
+def gemv_silu_and_mul(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
+    """silu_and_mul of one row's fused [gate; up] projection."""
+    return silu_and_mul(gemv(x, gate_up_weight))
