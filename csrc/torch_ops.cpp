@@ -489,7 +489,7 @@ std::tuple<at::Tensor, at::Tensor> gemv_impl(const char* op, const at::Tensor& x
                 "], got shape ", norm_weight->sizes());
     TORCH_CHECK(norm_weight->scalar_type() == x.scalar_type(), "norm_weight dtype ", norm_weight->scalar_type(),
                 " must equal x dtype ", x.scalar_type());
-    TORCH_CHECK(K <= 24576, op, ": in_features must be <= 24576 with the fused norm, got ", K);
+    TORCH_CHECK(K <= 16384, op, ": in_features must be <= 16384 with the fused norm, got ", K);
     TORCH_CHECK(reinterpret_cast<uintptr_t>(norm_weight->data_ptr()) % 16 == 0, "norm_weight must be 16-byte aligned");
     norm.weight = norm_weight->data_ptr();
     norm.eps = static_cast<float>(eps);
@@ -536,6 +536,8 @@ bool set_programmatic_launch(bool enabled) {
   return previous;
 }
 
+int64_t set_gemv_l2_prefetch_bytes(int64_t budget) { return frspec::set_gemv_l2_prefetch_bytes(budget); }
+
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
 std::string build_info() {
@@ -575,6 +577,7 @@ TORCH_LIBRARY(frspec_cuda, m) {
   m.def("rms_norm_gemv(Tensor x, Tensor? residual, Tensor norm_weight, float eps, Tensor weight, Tensor? bias,"
         " bool silu_and_mul) -> (Tensor y, Tensor sum)");
   m.def("set_programmatic_launch(bool enabled) -> bool", &set_programmatic_launch);
+  m.def("set_gemv_l2_prefetch_bytes(int budget) -> int", &set_gemv_l2_prefetch_bytes);
 }
 
 TORCH_LIBRARY_IMPL(frspec_cuda, CUDA, m) {

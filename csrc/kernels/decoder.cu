@@ -3,6 +3,7 @@
 #include "frspec/ops.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace frspec {
 namespace {
@@ -50,17 +51,27 @@ cudaError_t launch_rope(const void* qkv, const int64_t* positions, const float* 
                        static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(D), L);
 }
 
+std::atomic<int64_t>& gemv_l2_prefetch_budget() {
+  static std::atomic<int64_t> bytes{24 << 20};  // about half of the H100's 50 MB L2
+  return bytes;
+}
+
 template <typename T, bool kSiluMul>
 cudaError_t launch_gemv(const void* x, const void* w, const void* bias, void* y, int64_t N, int64_t K,
                         const GemvNorm* norm, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(N, kGemvWarps))), block(kGemvWarps * 32);
+  // the same number of leading bytes of every weight row, all rows together within the budget
+  const int64_t rows = kSiluMul ? 2 * N : N, row_bytes = K * static_cast<int64_t>(sizeof(T));
+  const unsigned prefetch =
+      static_cast<unsigned>(std::min(row_bytes, gemv_l2_prefetch_budget().load(std::memory_order_relaxed) / rows) /
+                            16 * 16);
   if (norm)
     return launch_kernel(gemv_kernel<T, kSiluMul, true>, grid, block, static_cast<size_t>(K) * sizeof(T), stream,
                          static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                         static_cast<T*>(y), static_cast<int>(N), static_cast<int>(K), *norm);
+                         static_cast<T*>(y), static_cast<int>(N), static_cast<int>(K), *norm, prefetch);
   return launch_kernel(gemv_kernel<T, kSiluMul, false>, grid, block, 0, stream, static_cast<const T*>(x),
                        static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y), static_cast<int>(N),
-                       static_cast<int>(K), GemvNorm{});
+                       static_cast<int>(K), GemvNorm{}, prefetch);
 }
 
 }  // namespace
@@ -94,6 +105,10 @@ cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const fl
                                           L, stream)
              : launch_rope<__half>(qkv, positions, inv_freq, slots, q_out, k_cache, v_cache, B, T, Hq, Hkv, D, L,
                                    stream);
+}
+
+int64_t set_gemv_l2_prefetch_bytes(int64_t budget) {
+  return gemv_l2_prefetch_budget().exchange(std::max<int64_t>(0, budget));
 }
 
 cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,

@@ -85,11 +85,11 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
                     silu_and_mul: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(s)), s) with s = x + residual (or x): a decoder layer's residual add,
     norm and the projection after it (silu_and_mul(linear(...)) with fused [gate; up] weights
-    when silu_and_mul). One row on CUDA fp16/bf16 (hidden <= 24576): one GEMV kernel whose
+    when silu_and_mul). One row on CUDA fp16/bf16 (hidden <= 16384): one GEMV kernel whose
     blocks each normalise the row themselves; otherwise add_rms_norm / rms_norm, then
     `linear` / `linear_silu_and_mul`."""
     K = x.shape[-1]
-    if (K <= 24576 and norm_weight.dtype == x.dtype and norm_weight.is_contiguous()
+    if (K <= 16384 and norm_weight.dtype == x.dtype and norm_weight.is_contiguous()
             and norm_weight.data_ptr() % 16 == 0 and norm_weight.shape == (K,)
             and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
                                       and residual.is_contiguous() and residual.data_ptr() % 16 == 0))
@@ -125,6 +125,15 @@ def set_programmatic_launch(enabled: bool) -> bool:
     if not _library.LOADED:
         return False
     return bool(torch.ops.frspec_cuda.set_programmatic_launch(enabled))
+
+
+def set_gemv_l2_prefetch_bytes(budget: int) -> int:
+    """How many bytes of its weight rows (all rows of one call together; default 24 MiB, 0 =
+    off) each GEMV asks into L2 before waiting for the previous kernel. Returns the previous
+    budget; without the compiled kernels a no-op returning 0."""
+    if not _library.LOADED:
+        return 0
+    return int(torch.ops.frspec_cuda.set_gemv_l2_prefetch_bytes(budget))
 
 
 if _library.LOADED:

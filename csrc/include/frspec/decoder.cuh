@@ -182,15 +182,20 @@ struct GemvNorm {
   void* sum_out;            // [K], written when residual is set
   float eps;
 };
-constexpr int kGemvNormMaxK = 24576;  // the normalised row lives in static-size-free dynamic smem
+constexpr int kGemvNormMaxK = 16384;  // the normalised row in dynamic smem: 32 KB, under the 48 KB default
 
 // kSiluMul: w is the fused [gate; up] projection [2N, K] and y[n] = silu(gate[n]) * up[n]
 // with eager's roundings (each product rounded, then silu, then the product): the MLP's
 // gate/up GEMV and silu_and_mul in one kernel; a warp streams both of its rows at once.
+// l2_prefetch_bytes (a multiple of 16, <= the row): each warp also asks for the first bytes
+// of its rows to be brought into L2 (cp.async.bulk.prefetch) before pdl_wait, so a GEMV
+// queued behind latency-bound kernels (RoPE, attention) streams much of its weight while
+// they run. The host caps it so all prefetched rows fit in L2 (set_gemv_l2_prefetch_bytes).
 template <typename T, bool kSiluMul, bool kNorm>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                const T* __restrict__ bias, T* __restrict__ y,
-                                                               int N, int K, const GemvNorm norm) {
+                                                               int N, int K, const GemvNorm norm,
+                                                               unsigned l2_prefetch_bytes) {
   constexpr int R = kSiluMul ? 2 : 1;  // weight rows per output
   extern __shared__ uint4 gemv_xs[];   // kNorm: the normalised row, K / 8 chunks
   __shared__ float scratch[32];
@@ -202,6 +207,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const T* __restri
 #pragma unroll
   for (int r = 0; r < R; ++r)
     wr[r] = reinterpret_cast<const uint4*>(w + (static_cast<int64_t>(r) * N + (n < N ? n : 0)) * K);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (l2_prefetch_bytes && n < N && lane < R)  // weights only: safe before pdl_wait
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(wr[lane]), "r"(l2_prefetch_bytes) : "memory");
+#endif
   uint4 wv[R][kGemvUnroll];
 #pragma unroll
   for (int u = 0; u < kGemvUnroll; ++u)  // weights only: safe before pdl_wait

@@ -125,7 +125,7 @@ cudaError_t rope_qk_store_kv(const void* qkv, const int64_t* positions, const fl
 // silu_and_mul: weight is the fused [gate; up] projection [2 N, K] and y [N] = silu(gate) *
 // up, rounded as gemv + silu_and_mul would (no bias). norm (non-null): x is first replaced
 // by rms_norm(x [+ residual]) as rms_norm() computes it, in every block (no extra kernel);
-// with a residual, x + residual is also written to sum_out. K <= 24576 with norm.
+// with a residual, x + residual is also written to sum_out. K <= 16384 with norm.
 struct GemvNormArgs {
   const void* residual;  // [K] or null
   const void* weight;    // [K]
@@ -134,6 +134,9 @@ struct GemvNormArgs {
 };
 cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
                  cudaStream_t stream, const GemvNormArgs* norm = nullptr, bool silu_and_mul = false);
+// Bytes of weight rows (all rows of one call together) each gemv asks into L2 before it
+// waits for the previous kernel (default 24 MiB, 0 = off); returns the previous budget.
+int64_t set_gemv_l2_prefetch_bytes(int64_t budget);
 
 // Programmatic dependent launch for the kernels above and tree attention (on by default;
 // FRSPEC_PDL=0 in the environment turns it off). Declared in frspec/common.cuh.

@@ -127,23 +127,27 @@ def _gemv_rows(device: torch.device, copy_gbs: float, quick: bool) -> list[dict]
         floor_us = nbytes / (copy_gbs * 1e3)
         res = {}
         impls = [("frspec_cuda gemv + PDL", True, decoder.gemv), ("frspec_cuda gemv, no PDL", False, decoder.gemv),
-                 ("cuBLAS (F.linear)", False, torch.nn.functional.linear)]
+                 ("cuBLAS (F.linear)", False, torch.nn.functional.linear),
+                 ("frspec_cuda gemv + PDL, no L2 prefetch", True, decoder.gemv)]
         if name == "gate_up":  # + silu_and_mul: fused in the GEMV vs its own kernel after it
             impls += [("frspec_cuda gemv_silu_and_mul (fused) + PDL", True, decoder.gemv_silu_and_mul),
                       ("frspec_cuda gemv, then silu_and_mul + PDL", True,
                        lambda x, w: decoder.silu_and_mul(decoder.gemv(x, w)))]
         if name == "qkv":  # + the residual add and RMSNorm before it: fused in the GEMV vs add_rms_norm first
-            res, nw = torch.randn(1, K, device=device, dtype=dt), torch.ones(K, device=device, dtype=dt)
+            resid, nw = torch.randn(1, K, device=device, dtype=dt), torch.ones(K, device=device, dtype=dt)
             impls += [("frspec_cuda rms_norm_gemv (add + norm fused) + PDL", True,
-                       lambda x, w: decoder.rms_norm_linear(x, res, nw, 1e-5, w)[0]),
+                       lambda x, w: decoder.rms_norm_linear(x, resid, nw, 1e-5, w)[0]),
                       ("frspec_cuda add_rms_norm, then gemv + PDL", True,
-                       lambda x, w: decoder.gemv(decoder.add_rms_norm(x, res, nw, 1e-5)[0], w))]
+                       lambda x, w: decoder.gemv(decoder.add_rms_norm(x, resid, nw, 1e-5)[0], w))]
         for impl, pdl, fn in impls:
             previous = decoder.set_programmatic_launch(pdl)
+            previous_l2 = decoder.set_gemv_l2_prefetch_bytes(0) if "no L2" in impl else None
             try:
                 res[impl] = _graph_us(lambda: [fn(x, w) for w in ws], per_graph=2) / copies
             finally:
                 decoder.set_programmatic_launch(previous)
+                if previous_l2 is not None:
+                    decoder.set_gemv_l2_prefetch_bytes(previous_l2)
             rows.append(dict(op="gemv", impl=impl, shape=f"{name}: [1, {K}] x [{N}, {K}]^T bf16",
                              time_us=round(res[impl], 2), floor_us=round(floor_us, 2),
                              x_floor=round(res[impl] / floor_us, 3),

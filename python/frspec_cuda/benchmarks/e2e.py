@@ -3,7 +3,8 @@
 GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU (or
 --quick): a tiny model, prompt 32, 16 new tokens -- the harness, not a measurement.
 - ar: our autoregressive greedy decode, CUDA-graph steps (our GEMV with programmatic
-  dependent launch; cuBLAS with and without PDL for comparison) and eager (tok/s over the decode
+  dependent launch and L2 prefetch; without the prefetch, and cuBLAS with and without PDL,
+  for comparison) and eager (tok/s over the decode
   phase: the time of N + 1 tokens minus the time of 1), HF transformers `generate` on the
   same weights (shared, not copied) and device, and the weight-read floor (weight bytes /
   copy bandwidth measured in the run).
@@ -97,14 +98,17 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     graphs = ar_dec.step.enabled
     ar = ar_row(ar_dec, "ar (ours, CUDA graphs, GEMV + PDL)" if graphs else "ar (ours, eager)")
     if graphs:  # the same decoder with cuBLAS and/or without PDL, and without graphs, for comparison
-        for gemv, pdl, label in ((False, True, "cuBLAS GEMV + PDL"), (False, False, "cuBLAS GEMV, no PDL")):
+        for gemv, pdl, l2, label in ((True, True, 0, "GEMV + PDL, no L2 prefetch"),
+                                     (False, True, 0, "cuBLAS GEMV + PDL"), (False, False, 0, "cuBLAS GEMV, no PDL")):
             decoder.GEMV_ENABLED = gemv
             previous = decoder.set_programmatic_launch(pdl)
+            previous_l2 = decoder.set_gemv_l2_prefetch_bytes(l2)
             try:
                 ar_row(AutoregressiveDecoder(model, max_len), f"ar (ours, CUDA graphs, {label})")
             finally:
                 decoder.GEMV_ENABLED = True
                 decoder.set_programmatic_launch(previous)
+                decoder.set_gemv_l2_prefetch_bytes(previous_l2)
         ar_row(AutoregressiveDecoder(model, max_len, cuda_graphs=False), "ar (ours, eager)")
     if device.type == "cuda":  # where a decode step's time goes
         rows.append(kernel_breakdown(ar_dec._decode_step, "AR decode step"))
