@@ -135,7 +135,7 @@ struct GemvNormArgs {
 cudaError_t gemv(const void* x, const void* weight, const void* bias, void* y, int64_t N, int64_t K, DType dtype,
                  cudaStream_t stream, const GemvNormArgs* norm = nullptr, bool silu_and_mul = false);
 // Bytes of weight rows (all rows of one call together) each gemv asks into L2 before it
-// waits for the previous kernel (default 24 MiB, 0 = off); returns the previous budget.
+// waits for the previous kernel (default 0 = off: slower where measured); returns the previous budget.
 int64_t set_gemv_l2_prefetch_bytes(int64_t budget);
 
 // Programmatic dependent launch for the kernels above and tree attention (on by default;
