@@ -13,7 +13,6 @@
 
 #include "frspec/common.cuh"
 #include "frspec/mma.cuh"
-#include "frspec/tree_attention.cuh"  // ldmatrix_x4(_trans), pack2
 
 namespace frspec {
 
@@ -147,50 +146,7 @@ __global__ void __launch_bounds__(kApbThreads, 1) apb_attention_kernel(const Apb
           s[nt][c] = ok ? s[nt][c] * p.scale_log2 : -INFINITY;
         }
     }
-    // Online softmax in base 2; a row's 4 quad threads share it.
-    float alpha[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = m[e];
-#pragma unroll
-      for (int nt = 0; nt < kApbKeys / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float ref = mx == -INFINITY ? 0.f : mx;  // nothing visible yet: avoid inf - inf
-      alpha[e] = exp2f(m[e] - ref);
-      m[e] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kApbKeys / 8; ++nt) {
-        s[nt][2 * e] = exp2f(s[nt][2 * e] - ref);
-        s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - ref);
-        sum += s[nt][2 * e] + s[nt][2 * e + 1];
-      }
-      l[e] = l[e] * alpha[e] + sum;  // quad-partial; reduced at the end
-    }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      o[nt][0] *= alpha[0];
-      o[nt][1] *= alpha[0];
-      o[nt][2] *= alpha[1];
-      o[nt][3] *= alpha[1];
-    }
-    // O += P V (P's accumulator layout is the next MMA's A fragment layout).
-#pragma unroll
-    for (int kk = 0; kk < kApbKeys / 16; ++kk) {
-      const uint32_t a0 = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      const uint32_t a1 = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      const uint32_t a2 = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      const uint32_t a3 = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int nt = 0; nt < D / 8; nt += 2) {
-        const int mi = lane / 8, r = lane % 8;
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, vs_ + (kk * 16 + (mi % 2) * 8 + r) * S::kStride + (nt + mi / 2) * 8);
-        mma_16816<T>(o[nt], a0, a1, a2, a3, vb[0], vb[1]);
-        mma_16816<T>(o[nt + 1], a0, a1, a2, a3, vb[2], vb[3]);
-      }
-    }
+    online_softmax_pv_tile<T, kApbKeys, D>(s, m, l, o, vs_, S::kStride, lane);
     __syncthreads();  // everyone is done with this buffer before it is refilled
     buf ^= 1;
   }

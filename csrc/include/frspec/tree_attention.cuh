@@ -27,28 +27,6 @@ struct TaSmem {
   static constexpr size_t kBytes = size_t(4) * kTile * 2;  // K, V double-buffered
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float a, float b) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
 struct TreeAttnParams {
   const void* q;        // [B, N, Hq, D]
   const void* k;        // [B, L_max, Hkv, D]
@@ -180,51 +158,7 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
         }
         s[nt][c] = ok ? s[nt][c] * p.scale_log2 : -INFINITY;
       }
-    // Online softmax (base 2); rows are shared by the 4 threads of a quad.
-    float alpha[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = m[e];
-#pragma unroll
-      for (int nt = 0; nt < kTaKeys / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float ref = mx == -INFINITY ? 0.f : mx;  // all masked so far: avoid inf - inf
-      alpha[e] = exp2f(m[e] - ref);
-      m[e] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kTaKeys / 8; ++nt) {
-        s[nt][2 * e] = exp2f(s[nt][2 * e] - ref);
-        s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - ref);
-        sum += s[nt][2 * e] + s[nt][2 * e + 1];
-      }
-      l[e] = l[e] * alpha[e] + sum;  // quad-partial; reduced at the end
-    }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      o[nt][0] *= alpha[0];
-      o[nt][1] *= alpha[0];
-      o[nt][2] *= alpha[1];
-      o[nt][3] *= alpha[1];
-    }
-    // O += P V: P's accumulator layout is the A fragment layout of the next MMA.
-#pragma unroll
-    for (int kk = 0; kk < kTaKeys / 16; ++kk) {
-      const uint32_t a0 = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      const uint32_t a1 = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      const uint32_t a2 = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      const uint32_t a3 = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int nt = 0; nt < D / 8; nt += 2) {
-        const int mi = lane / 8, r = lane % 8;
-        const T* addr = vs_ + (kk * 16 + (mi % 2) * 8 + r) * S::kStride + (nt + mi / 2) * 8;
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, addr);
-        mma_16816<T>(o[nt], a0, a1, a2, a3, vb[0], vb[1]);
-        mma_16816<T>(o[nt + 1], a0, a1, a2, a3, vb[2], vb[3]);
-      }
-    }
+    online_softmax_pv_tile<T, kTaKeys, D>(s, m, l, o, vs_, S::kStride, lane);
     __syncthreads();  // everyone is done with this buffer before it is refilled
     buf ^= 1;
   }
