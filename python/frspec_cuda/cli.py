@@ -219,7 +219,8 @@ def cmd_generate(args) -> int:
     g = torch.Generator(device=dev).manual_seed(args.seed)
     total_tokens, total_time, steps = 0, 0.0, 0
     draft_s = verify_s = other_s = 0.0
-    for text in _read_prompts(args):
+
+    def encode(text: str) -> list[int]:
         if chat is not None:
             enc = chat.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
             ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
@@ -228,16 +229,32 @@ def cmd_generate(args) -> int:
         if len(ids) + args.max_new_tokens > model.cfg.max_position_embeddings:
             raise SystemExit(f"prompt of {len(ids)} tokens + {args.max_new_tokens} new exceeds the model's "
                              f"max_position_embeddings {model.cfg.max_position_embeddings}")
+        return ids
+
+    def run(ids: list[int], on_tokens=None, timing: bool = False):
+        if gen is None:
+            out = (generate_greedy(model, ids, args.max_new_tokens, on_tokens=on_tokens) if args.temperature == 0 else
+                   generate_sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
+                                   on_tokens=on_tokens))
+            return out, None
+        return gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, generator=g, on_tokens=on_tokens, timing=timing)
+
+    prompts = list(_read_prompts(args))
+    # Warm-up (default on the GPU): the first prompt once, silently and untimed, so that the
+    # reported speed excludes the one-time CUDA-graph capture and cuBLAS / allocator warm-up.
+    warmup = args.warmup if args.warmup is not None else (1 if dev.startswith("cuda") else 0)
+    for _ in range(warmup if prompts else 0):
+        run(encode(prompts[0]))
+    g.manual_seed(args.seed)  # the timed runs sample as they would without the warm-up
+    for text in prompts:
+        ids = encode(text)
         stream = _TextStream(tok)
         t0 = time.perf_counter()
-        if gen is None:
-            out = (generate_greedy(model, ids, args.max_new_tokens, on_tokens=stream) if args.temperature == 0 else
-                   generate_sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
-                                   on_tokens=stream))
+        out, stats = run(ids, on_tokens=stream, timing=args.timing)
+        if stats is None:
             steps += len(out)
         else:
-            out, stats = gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                      top_p=args.top_p, generator=g, on_tokens=stream, timing=args.timing)
             steps += stats.steps
             draft_s, verify_s, other_s = draft_s + stats.draft_s, verify_s + stats.verify_s, other_s + stats.other_s
         total_time += time.perf_counter() - t0
@@ -247,8 +264,10 @@ def cmd_generate(args) -> int:
     if gen is not None and args.timing:
         split = (f", per step draft {1e3 * draft_s / max(steps, 1):.1f} / verify {1e3 * verify_s / max(steps, 1):.1f}"
                  f" / other {1e3 * other_s / max(steps, 1):.1f} ms")
+    warm = f", after {warmup} untimed warm-up run{'s' if warmup > 1 else ''}" if warmup else ""
     print(f"[{args.mode}] {total_tokens} tokens in {total_time:.2f} s = {total_tokens / max(total_time, 1e-9):.1f} tok/s, "
-          f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype}){split}")
+          f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype}"
+          f"{warm}){split}")
     return 0
 
 
@@ -309,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="report the draft / verify / other time per speculative step (synchronises the device)")
     gp.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     gp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"])
+    gp.add_argument("--warmup", type=int, help="untimed runs of the first prompt before the timed ones, so the "
+                    "reported speed excludes CUDA-graph capture (default: 1 on the GPU, 0 on the CPU)")
     args = parser.parse_args(argv)
     if args.command == "generate":
         return cmd_generate(args)

@@ -1,8 +1,11 @@
-"""Fused element-wise pieces of a Llama decoder layer: RMSNorm, residual add + RMSNorm,
-SiLU-and-mul, and RoPE on the fused q/k/v projection with the K/V-cache store. On CUDA
-each is one kernel (`csrc/include/frspec/decoder.cuh`) for fp16 / bf16, which is what makes
-a CUDA-graph decode step approach the weight-read floor; CPU tensors and fp32 run the
-reference. Results equal the eager PyTorch layer's up to the order of the RMSNorm reduction."""
+"""The pieces of a Llama decoder layer as fused kernels: RMSNorm, residual add + RMSNorm,
+SiLU-and-mul, RoPE on the fused q/k/v projection with the K/V-cache store, and the one-row
+matrix products of a batch-1 decode step (a streaming GEMV, optionally with silu * up in
+its epilogue or the residual add + RMSNorm in its prologue). On CUDA each is one kernel
+(`csrc/include/frspec/decoder.cuh`) for fp16 / bf16, which is what brings a CUDA-graph
+decode step near the weight-read floor; CPU tensors and fp32 run the reference (and
+several rows go to cuBLAS). Results equal the eager PyTorch layer's up to the order of the
+reductions (RMSNorm, the GEMV's dot products)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-// Fused element-wise pieces of a Llama decoder layer, so that a decode step is a handful
-// of kernels per layer instead of ~40 (each tiny kernel costs ~1-2 us even inside a CUDA
-// graph; 32 layers x 40 of them would add >1 ms to a 5.3 ms weight-read floor).
+// Fused pieces of a Llama decoder layer, so that a decode step is a handful of kernels per
+// layer instead of ~40 (each tiny kernel costs ~1-2 us even inside a CUDA graph; 32 layers x
+// 40 of them would add >1 ms to a 5 ms weight-read floor): element-wise kernels, and the
+// one-row GEMV of a batch-1 decode step with the norm / SiLU folded into it.
 // Semantics in python/frspec_cuda/reference/decoder.py; rounding follows PyTorch eager:
 // every intermediate that eager PyTorch stores in the model dtype is rounded here too,
 // and the RoPE products are computed without FMA contraction, as eager's separate kernels do.
