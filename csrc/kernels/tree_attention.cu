@@ -66,7 +66,7 @@ template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
     // up to kTdMaxCluster splits merge on chip in one kernel; more take the merge kernel below
-    p.cluster = p.splits > 1 && p.splits <= kTdMaxCluster ? p.splits : 0;
+    p.cluster = p.splits > 1 && p.splits <= kTdMaxCluster && current_device_is_sm90_or_newer() ? p.splits : 0;
     FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B),
                                                    dim3(kTdWarps * 32), 0, stream,
                                                    static_cast<unsigned>(p.cluster), p));

@@ -76,16 +76,20 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 // set_pdl_enabled() flips it (benchmarks compare both). Defined in csrc/kernels/launch.cu.
 bool pdl_enabled();
 void set_pdl_enabled(bool enabled);
+// Compute capability >= 9.0 (PDL and thread-block clusters exist) for the current device.
+bool current_device_is_sm90_or_newer();
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
 // serialisation when PDL is enabled (the kernel must follow pdl_wait()'s contract).
-// cluster_x > 1 launches thread-block clusters of cluster_x CTAs along x (grid.x a multiple).
+// cluster_x > 1 launches thread-block clusters of cluster_x CTAs along x (grid.x a multiple;
+// sm_90+ only: callers check current_device_is_sm90_or_newer()). PDL is asked for only
+// where it exists.
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                                     cudaStream_t stream, unsigned cluster_x, Args&&... args) {
   cudaLaunchAttribute attr[2];
   unsigned n = 0;
-  if (pdl_enabled()) {
+  if (pdl_enabled() && current_device_is_sm90_or_newer()) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n++].val.programmaticStreamSerializationAllowed = 1;
   }

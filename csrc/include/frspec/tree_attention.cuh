@@ -318,6 +318,7 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
       if (d == 0) p.part_lse[prow] = lse;
     }
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters: the host sets p.cluster only on sm_90+
   if (p.cluster > 1) {
     // The cluster's CTAs are this KV head's splits: each merges a share of the G x D
     // outputs, reading every split's result from its CTA's shared memory.
@@ -352,6 +353,7 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
     }
     cluster.sync();  // no CTA leaves while another may still read its shared memory
   }
+#endif
 }
 
 // Merge the split partials of each (sequence, node, query head) row: one warp per row.
