@@ -61,20 +61,11 @@ cudaError_t fr_lm_head_topk(const void* hidden, const void* weight, const int32_
                         : dispatch_partial<__half>(hidden, weight, n, H, K, kc, keys, stats, stream);
   FRSPEC_RETURN_IF_ERROR(err);
   // Programmatic dependent launch: the merge grid is launched while the partial grid
-  // finishes (it waits on griddepcontrol.wait), hiding one launch latency.
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(n));
-  cfg.blockDim = dim3(kMergeThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  FRSPEC_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fr_lm_head_merge_kernel, static_cast<const uint64_t*>(keys),
-                                            static_cast<const float2*>(stats), static_cast<int>(nblk),
-                                            static_cast<int>(kc), static_cast<int>(k), ids, token_ids,
-                                            logprobs));
+  // finishes (it waits in pdl_wait), hiding one launch latency.
+  FRSPEC_RETURN_IF_ERROR(launch_kernel(fr_lm_head_merge_kernel, dim3(static_cast<unsigned>(n)), dim3(kMergeThreads), 0,
+                                       stream, static_cast<const uint64_t*>(keys), static_cast<const float2*>(stats),
+                                       static_cast<int>(nblk), static_cast<int>(kc), static_cast<int>(k), ids,
+                                       token_ids, logprobs));
   return cudaGetLastError();
 }
 

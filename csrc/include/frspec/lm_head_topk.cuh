@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kHeadThreads, HeadPipe<NT>::kBlocksPerSM)
   cp_async_wait<0>();
   // Let the merge kernel launch now (programmatic dependent launch): its blocks start and
   // wait in griddepcontrol.wait until this grid has finished, hiding the launch latency.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+  pdl_launch_dependents();
 
   // Logits to shared memory (the pipeline's space) as [hidden row][weight row of block].
   __syncthreads();
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int j = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint64_t* rows = part_keys + static_cast<int64_t>(j) * nblk * kc;
   if (threadIdx.x == 0) count = 0;
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the partial kernel's results
+  pdl_wait();  // the partial kernel's results
 
   // Softmax statistics and the threshold T, in one sweep over the blocks.
   float2 st = make_float2(-INFINITY, 0.f);
