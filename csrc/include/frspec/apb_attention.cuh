@@ -116,18 +116,7 @@ __global__ void __launch_bounds__(kApbThreads, 1) apb_attention_kernel(const Apb
     const int k0 = kbeg + j * kApbKeys;
 
     float s[kApbKeys / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kApbKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-      for (int nt = 0; nt < kApbKeys / 8; nt += 2) {
-        const int mi = lane / 8, r = lane % 8;
-        uint32_t kb[4];
-        ldmatrix_x4(kb, ks_ + ((nt + mi / 2) * 8 + r) * S::kStride + ks * 16 + (mi % 2) * 8);
-        mma_16816<T>(s[nt], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[0], kb[1]);
-        mma_16816<T>(s[nt + 1], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[2], kb[3]);
-      }
+    qk_tile<T, kApbKeys, D>(s, qf, ks_, S::kStride, lane);
     // Fully visible to every row of the CTA: no per-element test.
     const bool full = k0 + kApbKeys - 1 <= P + q0 && (q0 >= A || k0 >= P) && k0 + kApbKeys <= kend;
     if (full) {
@@ -151,11 +140,7 @@ __global__ void __launch_bounds__(kApbThreads, 1) apb_attention_kernel(const Apb
     buf ^= 1;
   }
 
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
-  }
+  quad_sum(l);
   // Normalise and stage the 128 x D output tile in shared memory for 16-byte stores.
   T* os = smem;
 #pragma unroll

@@ -34,6 +34,56 @@ __device__ __forceinline__ void apb_wg_load_tile(uint8_t* dst, RowPtr src_row, R
   }
 }
 
+// Pieces both wgmma kernels share, for a thread's two rows (row_base, row_base + 8) of a
+// 64 x 128 accumulator tile in wgmma's register layout (4 values per 8 columns).
+// o *= alpha per row (the online-softmax rescale).
+__device__ __forceinline__ void apb_wg_rescale(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+  for (int jb = 0; jb < 16; ++jb) {
+    o[4 * jb + 0] *= alpha[0];
+    o[4 * jb + 1] *= alpha[0];
+    o[4 * jb + 2] *= alpha[1];
+    o[4 * jb + 3] *= alpha[1];
+  }
+}
+
+// P (the exponentiated scores) as the A register fragments of the eight k16 steps of P V.
+template <typename T>
+__device__ __forceinline__ void apb_wg_pack_p(const float (&s)[64], uint32_t (&pf)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+    pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+    pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+    pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// The epilogue: l summed over the quad, out rows (D = 128) normalised and stored, lse
+// (natural log) written; rows past q_last are skipped.
+template <typename T>
+__device__ __forceinline__ void apb_wg_store_rows(const float (&o)[64], const float (&m)[2], float (&l)[2],
+                                                  const ApbParams& p, int hq, int row_base, int q_last, int tig) {
+  constexpr int D = 128;
+  quad_sum(l);
+  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
+  T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int q = row_base + e * 8;
+    if (q > q_last) continue;
+    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
+    T* orow = og + static_cast<int64_t>(q) * q_stride;
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb)
+      *reinterpret_cast<uint32_t*>(orow + jb * 8 + 2 * tig) = pack2<T>(o[4 * jb + 2 * e] * inv, o[4 * jb + 2 * e + 1] * inv);
+    if (tig == 0) {
+      constexpr float kLn2 = 0.69314718055994531f;
+      p.lse[static_cast<int64_t>(q) * p.Hq + hq] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(const ApbParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -136,22 +186,10 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
       }
       l[e] = l[e] * alpha[e] + sum;
     }
-#pragma unroll
-    for (int jb = 0; jb < 16; ++jb) {
-      o[4 * jb + 0] *= alpha[0];
-      o[4 * jb + 1] *= alpha[0];
-      o[4 * jb + 2] *= alpha[1];
-      o[4 * jb + 3] *= alpha[1];
-    }
+    apb_wg_rescale(o, alpha);
     // O += P V, 16 keys per step; V is the transposed (MN-major) B operand.
     uint32_t pf[8][4];
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-      pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-      pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-      pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    apb_wg_pack_p<T>(s, pf);
     wgmma_fence();
     wgmma_fence_operands(o);
 #pragma unroll
@@ -166,26 +204,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
     buf ^= 1;
   }
 
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
-  }
-  T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int q = row_base + e * 8;
-    if (q > q_last) continue;
-    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
-    T* orow = og + static_cast<int64_t>(q) * q_stride;
-#pragma unroll
-    for (int jb = 0; jb < 16; ++jb)
-      *reinterpret_cast<uint32_t*>(orow + jb * 8 + 2 * tig) = pack2<T>(o[4 * jb + 2 * e] * inv, o[4 * jb + 2 * e + 1] * inv);
-    if (tig == 0) {
-      constexpr float kLn2 = 0.69314718055994531f;
-      p.lse[static_cast<int64_t>(q) * p.Hq + hq] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
-    }
-  }
+  apb_wg_store_rows<T>(o, m, l, p, hq, row_base, q_last, tig);
 #else
   __trap();  // built without sm_90a: the launcher never picks this kernel
 #endif
@@ -353,20 +372,8 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       }
       l[e] = l[e] * alpha[e] + sum;
     }
-#pragma unroll
-    for (int jb = 0; jb < 16; ++jb) {
-      o[4 * jb + 0] *= alpha[0];
-      o[4 * jb + 1] *= alpha[0];
-      o[4 * jb + 2] *= alpha[1];
-      o[4 * jb + 3] *= alpha[1];
-    }
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-      pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-      pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-      pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    apb_wg_rescale(o, alpha);
+    apb_wg_pack_p<T>(s, pf);
     if (kSched < 2) {
       mbar_wait(&v_full[st], parity);
       issue_pv(st);
@@ -385,27 +392,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
     wgmma_fence_operands(o);
   }
 
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
-  }
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
-  T* og = static_cast<T*>(p.out) + static_cast<int64_t>(hq) * D;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int q = row_base + e * 8;
-    if (q > q_last) continue;
-    const float inv = l[e] > 0.f ? 1.f / l[e] : 0.f;
-    T* orow = og + static_cast<int64_t>(q) * q_stride;
-#pragma unroll
-    for (int jb = 0; jb < 16; ++jb)
-      *reinterpret_cast<uint32_t*>(orow + jb * 8 + 2 * tig) = pack2<T>(o[4 * jb + 2 * e] * inv, o[4 * jb + 2 * e + 1] * inv);
-    if (tig == 0) {
-      constexpr float kLn2 = 0.69314718055994531f;
-      p.lse[static_cast<int64_t>(q) * p.Hq + hq] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
-    }
-  }
+  apb_wg_store_rows<T>(o, m, l, p, hq, row_base, q_last, tig);
 #else
   __trap();  // built without sm_90a: the launcher never picks this kernel
 #endif

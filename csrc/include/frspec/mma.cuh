@@ -57,6 +57,37 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   }
 }
 
+// Sums each of a thread's two row values (rows g and g + 8 of an m16n8 or wgmma tile) over
+// the 4 threads of its quad, which share those rows.
+__device__ __forceinline__ void quad_sum(float (&v)[2]) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    v[e] += __shfl_xor_sync(0xffffffffu, v[e], 1);
+    v[e] += __shfl_xor_sync(0xffffffffu, v[e], 2);
+  }
+}
+
+// S = Q K^T for a warp's 16 query rows and one tile of kKeys keys: qf holds Q's A fragments
+// (D / 16 of them), ks the key tile [kKeys, D] in shared memory (row stride `stride`
+// elements); s gets the raw scores in the m16n8 accumulator layout. Shared by the
+// tree-attention and APB mma.sync kernels.
+template <typename T, int kKeys, int D>
+__device__ __forceinline__ void qk_tile(float (&s)[kKeys / 8][4], const uint32_t (&qf)[D / 16][4], const T* ks,
+                                        int stride, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < kKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; nt += 2) {
+      const int mi = lane / 8, r = lane % 8;
+      uint32_t kb[4];
+      ldmatrix_x4(kb, ks + ((nt + mi / 2) * 8 + r) * stride + kk * 16 + (mi % 2) * 8);
+      mma_16816<T>(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
+      mma_16816<T>(s[nt + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
+    }
+}
+
 // One key tile of the FA2-style online softmax for a warp's 16 query rows (rows g and g + 8
 // of the m16n8 accumulator layout; a row's 4 quad threads share it): s holds the tile's
 // base-2 scaled scores (-inf where masked); updates the running max m and the quad-partial

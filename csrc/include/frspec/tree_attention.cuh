@@ -130,19 +130,7 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
 
     // S = Q K^T for this warp's 16 rows x 64 keys.
     float s[kTaKeys / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kTaKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-      for (int nt = 0; nt < kTaKeys / 8; nt += 2) {
-        const int mi = lane / 8, r = lane % 8;
-        const T* addr = ks_ + ((nt + mi / 2) * 8 + r) * S::kStride + ks * 16 + (mi % 2) * 8;
-        uint32_t kb[4];
-        ldmatrix_x4(kb, addr);
-        mma_16816<T>(s[nt], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[0], kb[1]);
-        mma_16816<T>(s[nt + 1], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], kb[2], kb[3]);
-      }
+    qk_tile<T, kTaKeys, D>(s, qf, ks_, S::kStride, lane);
     // Mask: keys past the range, tree keys that are not ancestors-or-self.
     const bool tree_tile = k0 + kTaKeys > prefix;
 #pragma unroll
@@ -164,11 +152,7 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
   }
 
   // Finish: reduce l over the quad, normalise, write out/lse or the split partials.
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
-  }
+  quad_sum(l);
   constexpr float kLn2 = 0.69314718055994531f;
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
