@@ -364,10 +364,8 @@ def test_programmatic_launch_chain_equals_serial_launches():
         return x + delta
 
     results = {}
-    previous = decoder.set_programmatic_launch(True)
-    try:
-        for pdl in (False, True):
-            decoder.set_programmatic_launch(pdl)
+    for pdl in (False, True):
+        with decoder.launch_settings(pdl=pdl):
             x = x0.clone()
             chain(x)  # warm-up outside the graph
             graph = torch.cuda.CUDAGraph()
@@ -378,8 +376,6 @@ def test_programmatic_launch_chain_equals_serial_launches():
             graph.replay()
             torch.cuda.synchronize()
             results[pdl] = (out.clone(), chain(x0.clone()))
-    finally:
-        decoder.set_programmatic_launch(previous)
     assert torch.isfinite(results[False][0]).all()
     assert torch.equal(results[True][0], results[False][0])  # graph, PDL vs serial
     assert torch.equal(results[True][1], results[False][0])  # eager with PDL vs graph without

@@ -9,6 +9,8 @@ reductions (RMSNorm, the GEMV's dot products)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -137,6 +139,28 @@ def set_gemv_l2_prefetch_bytes(budget: int) -> int:
     if not _library.LOADED:
         return 0
     return int(torch.ops.frspec_cuda.set_gemv_l2_prefetch_bytes(budget))
+
+
+@contextlib.contextmanager
+def launch_settings(*, pdl: bool | None = None, l2_prefetch_bytes: int | None = None, gemv: bool | None = None):
+    """Within the block: programmatic dependent launch on/off, the GEMV's L2-prefetch budget,
+    and whether one-row products take our GEMV (`GEMV_ENABLED`); None leaves a setting as
+    it is. The previous settings come back on exit. Benchmarks use it to compare variants;
+    graphs captured inside keep the launches they were captured with."""
+    global GEMV_ENABLED
+    prev_pdl = set_programmatic_launch(pdl) if pdl is not None else None
+    prev_l2 = set_gemv_l2_prefetch_bytes(l2_prefetch_bytes) if l2_prefetch_bytes is not None else None
+    prev_gemv = GEMV_ENABLED
+    if gemv is not None:
+        GEMV_ENABLED = gemv
+    try:
+        yield
+    finally:
+        GEMV_ENABLED = prev_gemv
+        if prev_l2 is not None:
+            set_gemv_l2_prefetch_bytes(prev_l2)
+        if prev_pdl is not None:
+            set_programmatic_launch(prev_pdl)
 
 
 if _library.LOADED:

@@ -140,14 +140,8 @@ def _gemv_rows(device: torch.device, copy_gbs: float, quick: bool) -> list[dict]
                       ("frspec_cuda add_rms_norm, then gemv + PDL", True,
                        lambda x, w: decoder.gemv(decoder.add_rms_norm(x, resid, nw, 1e-5)[0], w))]
         for impl, pdl, fn in impls:
-            previous = decoder.set_programmatic_launch(pdl)
-            previous_l2 = decoder.set_gemv_l2_prefetch_bytes(24 << 20) if "L2 prefetch" in impl else None
-            try:
+            with decoder.launch_settings(pdl=pdl, l2_prefetch_bytes=(24 << 20) if "L2 prefetch" in impl else None):
                 res[impl] = _graph_us(lambda: [fn(x, w) for w in ws], per_graph=2) / copies
-            finally:
-                decoder.set_programmatic_launch(previous)
-                if previous_l2 is not None:
-                    decoder.set_gemv_l2_prefetch_bytes(previous_l2)
             rows.append(dict(op="gemv", impl=impl, shape=f"{name}: [1, {K}] x [{N}, {K}]^T bf16",
                              time_us=round(res[impl], 2), floor_us=round(floor_us, 2),
                              x_floor=round(res[impl] / floor_us, 3),

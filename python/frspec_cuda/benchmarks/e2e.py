@@ -100,15 +100,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     if graphs:  # the same decoder with cuBLAS and/or without PDL, and without graphs, for comparison
         for gemv, pdl, l2, label in ((True, True, 24 << 20, "GEMV + PDL + 24 MiB L2 prefetch"),
                                      (False, True, 0, "cuBLAS GEMV + PDL"), (False, False, 0, "cuBLAS GEMV, no PDL")):
-            decoder.GEMV_ENABLED = gemv
-            previous = decoder.set_programmatic_launch(pdl)
-            previous_l2 = decoder.set_gemv_l2_prefetch_bytes(l2)
-            try:
+            with decoder.launch_settings(pdl=pdl, l2_prefetch_bytes=l2, gemv=gemv):
                 ar_row(AutoregressiveDecoder(model, max_len), f"ar (ours, CUDA graphs, {label})")
-            finally:
-                decoder.GEMV_ENABLED = True
-                decoder.set_programmatic_launch(previous)
-                decoder.set_gemv_l2_prefetch_bytes(previous_l2)
         ar_row(AutoregressiveDecoder(model, max_len, cuda_graphs=False), "ar (ours, eager)")
     if device.type == "cuda":  # where a decode step's time goes
         rows.append(kernel_breakdown(ar_dec._decode_step, "AR decode step"))
@@ -180,14 +173,10 @@ def kernel_breakdown(fn, label: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     # Without PDL: a kernel launched early would count its wait for the previous one as its own.
-    previous = decoder.set_programmatic_launch(False)
     torch.cuda.synchronize()
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-    finally:
-        decoder.set_programmatic_launch(previous)
+    with decoder.launch_settings(pdl=False), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
     kinds: dict[str, float] = {}
     count = 0
     for e in prof.events():

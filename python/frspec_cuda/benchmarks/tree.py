@@ -98,11 +98,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             timed["frspec, no PDL"] = timed["frspec"]
         us = {}
         for name, f in timed.items():
-            previous = decoder.set_programmatic_launch("no PDL" not in name)
-            try:
+            with decoder.launch_settings(pdl="no PDL" not in name):
                 us[name] = time_us(lambda i, f=f: f(), device, warmup=3, reps=20)
-            finally:
-                decoder.set_programmatic_launch(previous)
         for name, t in us.items():
             rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl=name, time_us=round(t, 1),
                              floor_us=round(floor, 1), x_floor=round(t / floor, 2),
