@@ -226,6 +226,22 @@ def test_reference_gemv_is_one_row_linear():
     assert torch.equal(decoder.linear(x2, w, b), torch.nn.functional.linear(x2, w, b))
 
 
+def test_launch_settings_restore_on_exit_and_on_error():
+    from frspec_cuda import _library
+
+    original = decoder.set_programmatic_launch(True)
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with decoder.launch_settings(pdl=False, gemv=False):
+                assert decoder.GEMV_ENABLED is False
+                raise RuntimeError("inside")
+        assert decoder.GEMV_ENABLED is True
+        # PDL back on after the block (with the library; without it the setter is a no-op)
+        assert decoder.set_programmatic_launch(True) is _library.LOADED
+    finally:
+        decoder.set_programmatic_launch(original)
+
+
 @requires_kernel("gemv")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,K,bias", [(1, 8, False), (7, 24, True), (4096, 4096, False), (6144, 4096, True),
