@@ -30,6 +30,11 @@ for splits in (1, 3, 4):  # decode: 3 and 4 = one cluster per KV head; MMA: spli
 k2 = torch.randn(B, 1024, 2, 128, device=dev, dtype=torch.bfloat16)
 tree.tree_attention(q[:, :1].contiguous(), k2, torch.randn_like(k2), cl, t.mask[:, :1].contiguous(),
                     num_splits=9)  # decode with more splits than a cluster: partials + merge kernel
+if torch.cuda.get_device_capability() == (9, 0):  # the wgmma kernel: one split, a cluster of 3, partials
+    qw = torch.randn(B, q.shape[1], 24, 128, device=dev, dtype=torch.bfloat16)  # G = 12: 2 row tiles
+    kw = torch.randn(B, 1200, 2, 128, device=dev, dtype=torch.bfloat16)  # 10 key tiles: 9 splits fit
+    for splits in (1, 3, 9):
+        tree.tree_attention(qw, kw, torch.randn_like(kw), cl, t.mask, num_splits=splits, impl="wgmma")
 o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
 frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),

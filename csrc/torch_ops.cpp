@@ -257,7 +257,8 @@ void compact_kv_cache(const at::Tensor& kv_cache, const at::Tensor& cache_len, c
 
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                   const at::Tensor& v_cache, const at::Tensor& cache_len,
-                                                  const at::Tensor& mask, double scale, int64_t num_splits) {
+                                                  const at::Tensor& mask, double scale, int64_t num_splits,
+                                                  int64_t impl) {
   const at::Device device = q.device();
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"},
                                 std::pair{&cache_len, "cache_len"}, std::pair{&mask, "mask"}})
@@ -281,7 +282,10 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   check_shape(cache_len, {B}, "cache_len");
   check_dtype(mask, at::kLong, "mask");
   check_shape(mask, {B, N, (N + 63) / 64}, "mask");
-  const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, L, dtype, num_splits);
+  TORCH_CHECK(impl >= 0 && impl <= 2, "tree_attention impl must be 0 (auto), 1 (mma) or 2 (wgmma), got ", impl);
+  TORCH_CHECK(B <= 65535 && Hkv <= 65535, "batch (", B, ") and kv_heads (", Hkv, ") must be <= 65535");
+  const auto kind = static_cast<frspec::TreeAttnImpl>(impl);
+  const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, L, dtype, num_splits, kind);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({B, N, Hq}, q.options().dtype(at::kFloat));
   at::Tensor workspace = at::empty(
@@ -292,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
                                       cache_len.data_ptr<int32_t>(),
                                       reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()), B, N, Hq, Hkv, D, L,
                                       static_cast<float>(scale), splits, dtype, workspace.data_ptr(), out.data_ptr(),
-                                      lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+                                      lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream(), kind),
                "tree_attention");
   return {out, lse};
 }
@@ -562,7 +566,7 @@ TORCH_LIBRARY(frspec_cuda, m) {
   m.def("verify_tree_sampling(Tensor tokens, Tensor parents, Tensor probs, Tensor uniforms)"
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
   m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor mask, float scale,"
-        " int num_splits=0) -> (Tensor out, Tensor lse)");
+        " int num_splits=0, int impl=0) -> (Tensor out, Tensor lse)");
   m.def("apb_attention(Tensor q, Tensor k, Tensor v, int anchor_len, int passing_len, float scale, int impl=0)"
         " -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"

@@ -77,22 +77,38 @@ CASES = [
     (3, 1, 28, 4, 128, [0, 777, 5000]),
     (2, 1, 8, 1, 64, [63, 64]),
     (1, 1, 16, 1, 128, [300]),
+    # odd head counts / row-tile edges for the wgmma kernel (128 packed rows per CTA)
+    (2, 37, 12, 4, 128, [129, 3000]),  # G = 3, 111 rows: one tile, both consumers
+    (1, 20, 6, 2, 128, [1000]),  # 60 rows: one consumer warpgroup sits out
+    (2, 43, 24, 8, 128, [0, 1]),  # G = 3, 129 rows: a second tile with one row
 ]
+
+
+def wgmma_ok(D):
+    return D == 128 and torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("num_splits", [0, 1, 3, 13])
-def test_kernel_flash_attention_rule(case, dtype, num_splits):
+@pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
+@pytest.mark.parametrize("impl", ["mma", "wgmma"])
+def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
     B, N, Hq, Hkv, D, lens = CASES[case]
+    if impl == "wgmma" and not wgmma_ok(D):
+        pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")
     q, k, v, cl, mask = make_case(B, N, Hq, Hkv, D, lens, dtype, "cuda", seed=case * 10 + num_splits)
     scale = 1 / math.sqrt(D)
+    # cache slots past each sequence's tree hold NaN: never read, or read and fully masked
+    k_clean, v_clean = k.clone(), v.clone()
+    for b, c in enumerate(lens):
+        k[b, c + N :] = float("nan")
+        v[b, c + N :] = float("nan")
     poison_cuda_allocator()
-    out, lse = tree.tree_attention(q, k, v, cl, mask, scale, num_splits=num_splits)
+    out, lse = tree.tree_attention(q, k, v, cl, mask, scale, num_splits=num_splits, impl=impl)
     torch.cuda.synchronize()
-    exact_out, exact_lse = ref.tree_attention(q.double(), k.double(), v.double(), cl, mask, scale)
-    base = sdpa(q, k, v, cl, mask, scale)
+    exact_out, exact_lse = ref.tree_attention(q.double(), k_clean.double(), v_clean.double(), cl, mask, scale)
+    base = sdpa(q, k_clean, v_clean, cl, mask, scale)
     assert not out.isnan().any() and not lse.isnan().any(), "unwritten or NaN outputs"
     err = (out.double() - exact_out).abs().max().item()
     base_err = (base.double() - exact_out).abs().max().item()
@@ -120,18 +136,27 @@ def test_kernel_rejects_bad_inputs():
         op(q, k.cpu(), v, cl, mask, 1.0, 0)
     with pytest.raises(ValueError, match="must fit max_len"):  # cache overflow, caught by the wrapper
         tree.tree_attention(q, k, v, cl + 100, mask)
+    with pytest.raises(RuntimeError, match="impl must be"):
+        op(q, k, v, cl, mask, 1.0, 0, 7)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        tree.tree_attention(q, k, v, cl, mask, impl="fast")
+    with pytest.raises(RuntimeError, match="not supported"):  # the wgmma kernel is head_dim 128 only
+        tree.tree_attention(q, k, v, cl, mask, impl="wgmma")
 
 
 @requires_kernel("tree_attention")
-def test_kernel_in_cuda_graph():
+@pytest.mark.parametrize("impl", ["mma", "wgmma"])
+def test_kernel_in_cuda_graph(impl):
+    if impl == "wgmma" and not wgmma_ok(128):
+        pytest.skip("the wgmma kernel needs compute capability 9.0")
     q, k, v, cl, mask = make_case(2, 60, 32, 8, 128, [500, 1500], torch.bfloat16, "cuda", seed=3)
-    tree.tree_attention(q, k, v, cl, mask)
+    tree.tree_attention(q, k, v, cl, mask, impl=impl)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, lse = tree.tree_attention(q, k, v, cl, mask, validate=False)
+        out, lse = tree.tree_attention(q, k, v, cl, mask, impl=impl, validate=False)
     q2 = torch.randn_like(q)
     q.copy_(q2)
     cl.copy_(torch.tensor([700, 10], dtype=torch.int32))
     graph.replay()
-    expect = tree.tree_attention(q, k, v, cl, mask)
+    expect = tree.tree_attention(q, k, v, cl, mask, impl=impl)
     assert torch.equal(out, expect[0]) and torch.equal(lse, expect[1])

@@ -1,10 +1,9 @@
 // Instantiations and launcher of APB host attention (see frspec/apb_attention.cuh and
 // frspec/apb_attention_sm90.cuh).
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
-
 #include "frspec/apb_attention.cuh"
 #include "frspec/apb_attention_sm90.cuh"
 #include "frspec/ops.h"
+#include "frspec/sm90_host.h"
 
 namespace frspec {
 
@@ -29,33 +28,6 @@ static cudaError_t launch_apb_wgmma(ApbParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The driver's tensor-map encoder, found through the runtime (no libcuda link needed).
-static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// [rows, cols] 16-bit matrix, boxes of 128 rows x 64 columns (128 bytes: the swizzle span).
-static bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16) {
-  const auto encode = tensor_map_encoder();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {64, 128};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  return encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-                const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <typename T, int kSched>
 static cudaError_t launch_apb_ws(ApbParams p, int64_t Tq, int64_t Tk, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -76,14 +48,7 @@ static cudaError_t launch_apb_ws(ApbParams p, int64_t Tq, int64_t Tk, cudaStream
 // wgmma needs an sm_90a build and a compute-capability 9.0 device.
 static bool wgmma_available() {
 #ifdef FRSPEC_HAS_SM90A
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
-           minor == 0;
-  }();
-  return ok;
+  return sm90a_device();
 #else
   return false;
 #endif

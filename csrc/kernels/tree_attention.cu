@@ -2,7 +2,9 @@
 #include <algorithm>
 
 #include "frspec/ops.h"
+#include "frspec/sm90_host.h"
 #include "frspec/tree_attention.cuh"
+#include "frspec/tree_attention_sm90.cuh"
 
 namespace frspec {
 
@@ -17,6 +19,41 @@ static int num_sms() {
 
 // One-node trees with few query heads per KV head take tree_decode_kernel.
 static bool uses_decode_kernel(int64_t N, int64_t Hq, int64_t Hkv) { return N == 1 && Hq / Hkv <= kTdMaxG; }
+
+// The kernel an impl request resolves to: kMma or kWgmma, kAuto if the request cannot be met.
+static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
+                                 int64_t L_max) {
+#ifdef FRSPEC_HAS_SM90A
+  // (TMA row coordinates are 32-bit: the cache is addressed as B * L_max rows)
+  const bool wgmma_ok = D == 128 && B * L_max < (int64_t(1) << 31) && sm90a_device();
+#else
+  const bool wgmma_ok = false;
+#endif
+  if (impl == TreeAttnImpl::kWgmma) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
+  if (impl == TreeAttnImpl::kMma) return impl;
+  return wgmma_ok && N * (Hq / Hkv) >= kTreeWgmmaMinRows ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
+}
+
+// How many thread-block clusters of `size` CTAs of the wgmma kernel fit on the GPU at once.
+template <typename T>
+static int ws_max_active_clusters(int size) {
+  static int cache[kTwMaxCluster + 1] = {};
+  if (cache[size] == 0) {
+    int n = 0;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = size, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = kTwSmemBytes;
+    cfg.attrs = &attr, cfg.numAttrs = 1;
+    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kTwSmemBytes)) != cudaSuccess ||
+        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T>, &cfg) != cudaSuccess)
+      n = -1;  // unknown: treated as "does not fit"
+    cache[size] = n;
+  }
+  return cache[size];
+}
 
 template <typename T, int D>
 static int ctas_per_sm() {
@@ -34,9 +71,20 @@ static int ctas_per_sm() {
 }
 
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
-                              int64_t requested) {
-  const int64_t max_tiles = ceil_div(L_max, kTaKeys);
+                              int64_t requested, TreeAttnImpl impl) {
+  impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
+  const int64_t key_tile = impl == TreeAttnImpl::kWgmma ? kTwKeys : kTaKeys;
+  const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
+  if (impl == TreeAttnImpl::kWgmma) {
+    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
+    // a cluster's worth (merged on chip), and only as many as whole cluster waves allow.
+    const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
+    int s = static_cast<int>(std::min<int64_t>({num_sms() / ctas, kTwMaxCluster, max_tiles}));
+    const bool bf16 = dtype == DType::kBFloat16;
+    while (s > 1 && ctas > (bf16 ? ws_max_active_clusters<__nv_bfloat16>(s) : ws_max_active_clusters<__half>(s))) --s;
+    return std::max(s, 1);
+  }
   if (uses_decode_kernel(N, Hq, Hkv)) {
     // Up to kTdClusterKeys keys: one cluster of <= 8 splits per KV head, ~64+ keys each,
     // merged on chip (one kernel). Longer: ~64 keys per split, at most two waves of CTAs,
@@ -88,12 +136,35 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename T>
+static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  CUtensorMap tk, tv;  // the caches as [B * L_max, Hkv * D] rows
+  if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16) ||
+      !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16))
+    return cudaErrorNotSupported;
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(kTwSmemBytes)));
+  p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
+  p.cluster = p.splits > 1 && p.splits <= kTwMaxCluster ? p.splits : 0;
+  const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
+  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T>, grid, dim3(kTwThreads), kTwSmemBytes,
+                                                 stream, static_cast<unsigned>(p.cluster), tk, tv, p));
+  if (p.splits > 1 && !p.cluster) {
+    const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
+    return launch_kernel(tree_attention_merge_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kMergeWarps))),
+                         dim3(kMergeWarps * 32), 0, stream, p.part_out, p.part_lse, p.splits, rows, 128,
+                         static_cast<T*>(p.out), p.lse);
+  }
+  return cudaGetLastError();
+}
+
 cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                            int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
-                           float* lse, cudaStream_t stream) {
-  if (B < 0 || N < 1 || N > 1024 || Hkv < 1 || Hq % Hkv != 0 || (D != 64 && D != 128) || L_max < N || splits < 1 ||
-      splits > kMergeMaxSplits)
+                           float* lse, cudaStream_t stream, TreeAttnImpl impl) {
+  if (B < 0 || B > 65535 || N < 1 || N > 1024 || Hkv < 1 || Hkv > 65535 || Hq % Hkv != 0 || (D != 64 && D != 128) ||
+      L_max < N || splits < 1 || splits > kMergeMaxSplits)
     return cudaErrorInvalidValue;
   if (B == 0) return cudaSuccess;
   TreeAttnParams p{};
@@ -106,6 +177,12 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   p.row_tiles = static_cast<int>(ceil_div(N * (Hq / Hkv), kTaRows));
   p.scale_log2 = scale * 1.4426950408889634f;
   const bool bf16 = dtype == DType::kBFloat16;
+  impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
+  if (impl == TreeAttnImpl::kAuto) return cudaErrorNotSupported;  // wgmma requested, not available
+  if (impl == TreeAttnImpl::kWgmma) {
+    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
+    return bf16 ? launch_ws<__nv_bfloat16>(p, stream) : launch_ws<__half>(p, stream);
+  }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);
 }

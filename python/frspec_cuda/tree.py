@@ -79,15 +79,23 @@ def verify_tree_sampling(tokens, parents, probs, *, uniforms: torch.Tensor | Non
                                                                uniforms.float()))
 
 
+TREE_ATTENTION_IMPLS = {"auto": 0, "mma": 1, "wgmma": 2}
+
+
 def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, *, num_splits: int = 0,
-                   validate: bool = True):
+                   impl: str = "auto", validate: bool = True):
     """Attention of the N tree queries over the committed prefix and their ancestors.
 
     q [B, N, Hq, D]; k_cache, v_cache [B, L_max, Hkv, D] holding the prefix at
     [0, cache_len[b]) and the tree nodes' keys/values at cache_len[b] + node; mask from
     `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
-    kernel, split over the keys (num_splits 0 = fill the GPU) plus a merge of the splits.
+    kernel, split over the keys (num_splits 0 = fill the GPU), the splits merged on chip or by
+    a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
+    warp-specialised TMA + wgmma; head_dim 128 on an sm_90a build; auto takes it when the
+    packed (node, query head) rows per KV head fill its 128-row tile).
     """
+    if impl not in TREE_ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not q.is_cuda:
         return ref.tree_attention(q, k_cache, v_cache, cache_len, mask, scale)
@@ -96,7 +104,8 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
             raise ValueError(f"cache_len + {q.shape[1]} tree nodes must fit max_len {k_cache.shape[1]}, "
                              f"got cache_len {cache_len.tolist()}")
     _library.require_kernel("tree_attention")
-    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits)
+    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits,
+                                                TREE_ATTENTION_IMPLS[impl])
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
@@ -135,7 +144,7 @@ if _library.LOADED:
     torch.library.register_fake("frspec_cuda::verify_tree_sampling")(_verdict_fake)
 
     @torch.library.register_fake("frspec_cuda::tree_attention")
-    def _tree_attention_fake(q, k_cache, v_cache, cache_len, mask, scale, num_splits=0):
+    def _tree_attention_fake(q, k_cache, v_cache, cache_len, mask, scale, num_splits=0, impl=0):
         return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     @torch.library.register_fake("frspec_cuda::compact_kv_cache")

@@ -11,53 +11,14 @@
 #include <cuda.h>  // CUtensorMap (the type only; no driver library linked)
 
 #include "frspec/apb_attention.cuh"
-#include "frspec/wgmma.cuh"
+#include "frspec/attention_sm90.cuh"
 
 namespace frspec {
 
 constexpr int kApbWgRows = 128;  // 2 warpgroups x 64 rows
 constexpr int kApbWgKeys = 128;
 constexpr int kApbWgThreads = 256;
-constexpr int kApbWgSlab = 128 * 128;                        // bytes of one [128 x 64] 16-bit slab
-constexpr int kApbWgTile = 2 * kApbWgSlab;                   // [128 x 128]: two slabs
-constexpr size_t kApbWgSmemBytes = 5 * kApbWgTile + 1024;    // Q, K x 2, V x 2 (+ alignment)
-
-// Copy a [128 rows x 128] tile (rows from `src_row(r)`, 16-bit elements) into the swizzled
-// layout with cp.async; rows with ok(r) false are zero-filled.
-template <typename T, typename RowPtr, typename RowOk>
-__device__ __forceinline__ void apb_wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk ok) {
-  for (int c = threadIdx.x; c < 128 * 16; c += kApbWgThreads) {
-    const int r = c >> 4, chunk = c & 15;
-    const bool valid = ok(r);
-    const T* src = src_row(valid ? r : 0) + chunk * 8;
-    cp_async_16(dst + (chunk >> 3) * kApbWgSlab + swizzle_128b(r, chunk & 7), src, valid ? 16 : 0);
-  }
-}
-
-// Pieces both wgmma kernels share, for a thread's two rows (row_base, row_base + 8) of a
-// 64 x 128 accumulator tile in wgmma's register layout (4 values per 8 columns).
-// o *= alpha per row (the online-softmax rescale).
-__device__ __forceinline__ void apb_wg_rescale(float (&o)[64], const float (&alpha)[2]) {
-#pragma unroll
-  for (int jb = 0; jb < 16; ++jb) {
-    o[4 * jb + 0] *= alpha[0];
-    o[4 * jb + 1] *= alpha[0];
-    o[4 * jb + 2] *= alpha[1];
-    o[4 * jb + 3] *= alpha[1];
-  }
-}
-
-// P (the exponentiated scores) as the A register fragments of the eight k16 steps of P V.
-template <typename T>
-__device__ __forceinline__ void apb_wg_pack_p(const float (&s)[64], uint32_t (&pf)[8][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-    pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-    pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-    pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
+constexpr size_t kApbWgSmemBytes = 5 * kWgTile + 1024;    // Q, K x 2, V x 2 (+ alignment)
 
 // The epilogue: l summed over the quad, out rows (D = 128) normalised and stored, lse
 // (natural log) written; rows past q_last are skipped.
@@ -91,8 +52,8 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
   extern __shared__ uint8_t apb_wg_smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(apb_wg_smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* q_s = smem;
-  uint8_t* k_s = smem + kApbWgTile;      // 2 stages
-  uint8_t* v_s = smem + 3 * kApbWgTile;  // 2 stages
+  uint8_t* k_s = smem + kWgTile;      // 2 stages
+  uint8_t* v_s = smem + 3 * kWgTile;  // 2 stages
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
@@ -109,13 +70,13 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
   apb_key_range(q0, q_last, A, P, kbeg, kend);
   const int n_tiles = (kend - kbeg + kApbWgKeys - 1) / kApbWgKeys;
 
-  apb_wg_load_tile<T>(q_s, [&](int r) { return qg + static_cast<int64_t>(q0 + r) * q_stride; },
+  wg_load_tile<T, kApbWgThreads>(q_s, [&](int r) { return qg + static_cast<int64_t>(q0 + r) * q_stride; },
                       [&](int r) { return q0 + r <= q_last; });
   auto load_kv = [&](int j, int buf) {
     const int k0 = kbeg + j * kApbWgKeys;
     auto ok = [&](int r) { return k0 + r < kend; };
-    apb_wg_load_tile<T>(k_s + buf * kApbWgTile, [&](int r) { return kg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
-    apb_wg_load_tile<T>(v_s + buf * kApbWgTile, [&](int r) { return vg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
+    wg_load_tile<T, kApbWgThreads>(k_s + buf * kWgTile, [&](int r) { return kg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
+    wg_load_tile<T, kApbWgThreads>(v_s + buf * kWgTile, [&](int r) { return vg + static_cast<int64_t>(k0 + r) * kv_stride; }, ok);
     cp_async_commit();
   };
   load_kv(n_tiles - 1, 0);  // (the Q copies join this first group)
@@ -145,8 +106,8 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int slab = kk / 4, off = (kk % 4) * 32;
-      const uint64_t da = wgmma_desc(q_s + slab * kApbWgSlab + wg * 64 * 128 + off, 16, 1024);
-      const uint64_t db = wgmma_desc(k_s + buf * kApbWgTile + slab * kApbWgSlab + off, 16, 1024);
+      const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + wg * 64 * 128 + off, 16, 1024);
+      const uint64_t db = wgmma_desc(k_s + buf * kWgTile + slab * kWgSlab + off, 16, 1024);
       wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
     }
     wgmma_commit();
@@ -186,15 +147,15 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
       }
       l[e] = l[e] * alpha[e] + sum;
     }
-    apb_wg_rescale(o, alpha);
+    wg_rescale(o, alpha);
     // O += P V, 16 keys per step; V is the transposed (MN-major) B operand.
     uint32_t pf[8][4];
-    apb_wg_pack_p<T>(s, pf);
+    wg_pack_p<T>(s, pf);
     wgmma_fence();
     wgmma_fence_operands(o);
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t db = wgmma_desc(v_s + buf * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
+      const uint64_t db = wgmma_desc(v_s + buf * kWgTile + kk * 16 * 128, kWgSlab, 1024);
       wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
     }
     wgmma_commit();
@@ -219,7 +180,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
 // consumers (64 query rows each) and never wait for each other, so one's softmax overlaps
 // the other's tensor-core work. Registers move from producer to consumers (setmaxnreg).
 constexpr int kApbWsThreads = 384;
-constexpr size_t kApbWsSmemBytes = 5 * kApbWgTile + 1024 + 128;
+constexpr size_t kApbWsSmemBytes = 5 * kWgTile + 1024 + 128;
 
 template <typename T, int kSched>
 __global__ void __launch_bounds__(kApbWsThreads, 1)
@@ -230,9 +191,9 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   extern __shared__ uint8_t apb_ws_smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(apb_ws_smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* q_s = smem;
-  uint8_t* k_s = smem + kApbWgTile;      // 2 stages
-  uint8_t* v_s = smem + 3 * kApbWgTile;  // 2 stages
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + 5 * kApbWgTile);
+  uint8_t* k_s = smem + kWgTile;      // 2 stages
+  uint8_t* v_s = smem + 3 * kWgTile;  // 2 stages
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + 5 * kWgTile);
   uint64_t* q_full = bars;
   uint64_t* k_full = bars + 1;   // [2]
   uint64_t* v_full = bars + 3;   // [2]
@@ -263,20 +224,20 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      mbar_arrive_expect_tx(q_full, kApbWgTile);
+      mbar_arrive_expect_tx(q_full, kWgTile);
       tma_load_2d(q_s, &tm_q, hq * D, q0, q_full);
-      tma_load_2d(q_s + kApbWgSlab, &tm_q, hq * D + 64, q0, q_full);
+      tma_load_2d(q_s + kWgSlab, &tm_q, hq * D + 64, q0, q_full);
       for (int it = 0; it < n_tiles; ++it) {
         const int st = it & 1;
         const int k0 = kbeg + (n_tiles - 1 - it) * kApbWgKeys;
         if (it >= 2) mbar_wait(&k_empty[st], ((it >> 1) - 1) & 1);
-        mbar_arrive_expect_tx(&k_full[st], kApbWgTile);
-        tma_load_2d(k_s + st * kApbWgTile, &tm_k, hk * D, k0, &k_full[st]);
-        tma_load_2d(k_s + st * kApbWgTile + kApbWgSlab, &tm_k, hk * D + 64, k0, &k_full[st]);
+        mbar_arrive_expect_tx(&k_full[st], kWgTile);
+        tma_load_2d(k_s + st * kWgTile, &tm_k, hk * D, k0, &k_full[st]);
+        tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, hk * D + 64, k0, &k_full[st]);
         if (it >= 2) mbar_wait(&v_empty[st], ((it >> 1) - 1) & 1);
-        mbar_arrive_expect_tx(&v_full[st], kApbWgTile);
-        tma_load_2d(v_s + st * kApbWgTile, &tm_v, hk * D, k0, &v_full[st]);
-        tma_load_2d(v_s + st * kApbWgTile + kApbWgSlab, &tm_v, hk * D + 64, k0, &v_full[st]);
+        mbar_arrive_expect_tx(&v_full[st], kWgTile);
+        tma_load_2d(v_s + st * kWgTile, &tm_v, hk * D, k0, &v_full[st]);
+        tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, hk * D + 64, k0, &v_full[st]);
       }
     }
     return;
@@ -304,7 +265,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
     wgmma_fence_operands(o);
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t db = wgmma_desc(v_s + stage * kApbWgTile + kk * 16 * 128, kApbWgSlab, 1024);
+      const uint64_t db = wgmma_desc(v_s + stage * kWgTile + kk * 16 * 128, kWgSlab, 1024);
       wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
     }
     wgmma_commit();
@@ -326,8 +287,8 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int slab = kk / 4, off = (kk % 4) * 32;
-      const uint64_t da = wgmma_desc(q_s + slab * kApbWgSlab + c * 64 * 128 + off, 16, 1024);
-      const uint64_t db = wgmma_desc(k_s + st * kApbWgTile + slab * kApbWgSlab + off, 16, 1024);
+      const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + c * 64 * 128 + off, 16, 1024);
+      const uint64_t db = wgmma_desc(k_s + st * kWgTile + slab * kWgSlab + off, 16, 1024);
       wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
     }
     wgmma_commit();
@@ -350,30 +311,10 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
         if (!(key < kend && key <= P + q && (q >= A || key >= P))) s[i] = -INFINITY;
       }
     }
-    // Online softmax in base 2 with the scale folded into one FMA per score.
     float alpha[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int jb = 0; jb < 16; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[e], mx * sl2);
-      const float ref = m_new == -INFINITY ? 0.f : m_new;
-      alpha[e] = exp2f(m[e] - ref);
-      m[e] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int jb = 0; jb < 16; ++jb) {
-        s[4 * jb + 2 * e] = exp2f(fmaf(s[4 * jb + 2 * e], sl2, -ref));
-        s[4 * jb + 2 * e + 1] = exp2f(fmaf(s[4 * jb + 2 * e + 1], sl2, -ref));
-        sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
-      }
-      l[e] = l[e] * alpha[e] + sum;
-    }
-    apb_wg_rescale(o, alpha);
-    apb_wg_pack_p<T>(s, pf);
+    wg_online_softmax_fma(s, m, l, alpha, sl2);
+    wg_rescale(o, alpha);
+    wg_pack_p<T>(s, pf);
     if (kSched < 2) {
       mbar_wait(&v_full[st], parity);
       issue_pv(st);

@@ -69,18 +69,25 @@ cudaError_t compact_kv_cache(void* kv, int32_t* cache_len, const int32_t* accept
 
 namespace frspec {
 
-// Tree attention (frspec/tree_attention.cuh). q [B, N, Hq, D]; k, v [B, L_max, Hkv, D]
-// (the tree's keys at cache_len[b] + node); mask [B, N, ceil(N/64)] packed ancestor bits;
-// out [B, N, Hq, D], lse [B, N, Hq] fp32. D in {64, 128}, Hq % Hkv == 0, N <= 1024.
-// num_splits <= 0 picks the most splits that fit one wave of CTAs. `workspace` must hold
-// tree_attention_workspace_bytes(...) bytes for the split partials (0 if one split).
+// Tree attention (frspec/tree_attention.cuh, tree_attention_sm90.cuh). q [B, N, Hq, D];
+// k, v [B, L_max, Hkv, D] (the tree's keys at cache_len[b] + node); mask [B, N, ceil(N/64)]
+// packed ancestor bits; out [B, N, Hq, D], lse [B, N, Hq] fp32. D in {64, 128},
+// Hq % Hkv == 0, N <= 1024. num_splits <= 0 picks the most splits that fit one wave of
+// CTAs. `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
+// partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
+// (kWgmma) on sm_90a builds running on compute capability 9.0 with D == 128 and at least
+// kTreeWgmmaMinRows packed (node, query head) rows per KV head, else the mma.sync kernel
+// (kMma; one-node trees take the decode kernel). kWgmma where unavailable:
+// cudaErrorNotSupported.
+enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2 };
+constexpr int64_t kTreeWgmmaMinRows = 128;
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
-                              int64_t requested);
+                              int64_t requested, TreeAttnImpl impl = TreeAttnImpl::kAuto);
 size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int64_t Hq, int64_t D);
 cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                            int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
-                           float* lse, cudaStream_t stream);
+                           float* lse, cudaStream_t stream, TreeAttnImpl impl = TreeAttnImpl::kAuto);
 
 }  // namespace frspec
 

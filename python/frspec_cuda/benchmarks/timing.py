@@ -36,6 +36,24 @@ def time_us(fn: Callable[[int], object], device: torch.device, warmup: int = 10,
     return statistics.median(times)
 
 
+def graph_time_us(fn: Callable[[int], object], device: torch.device, calls: int, reps: int = 20) -> float | None:
+    """GPU time per call of `fn(i)` in microseconds, i = 0..calls-1 captured back to back in
+    one CUDA graph and replayed (how a decoding loop runs it: no host launch overhead).
+    None if the calls cannot be captured."""
+    for i in range(calls):  # warm-up: compilation, autotuning, lazy allocations
+        fn(i)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for i in range(calls):
+                fn(i)
+    except Exception:  # noqa: BLE001 - the caller falls back to eager timing
+        torch.cuda.synchronize(device)
+        return None
+    return time_us(lambda i: graph.replay(), device, warmup=2, reps=reps, inner=1) / calls
+
+
 def wall_seconds(fn: Callable[[], object], device: torch.device) -> float:
     """Wall-clock seconds of one call of `fn`, the device synchronised before and after
     (for long, host-driven runs: a prefill, a whole generation)."""

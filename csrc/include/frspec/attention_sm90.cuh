@@ -1,0 +1,79 @@
+// Pieces of the Hopper (wgmma, sm_90a) attention kernels that APB host attention and tree
+// attention share: the 128B-swizzled [128 x 128] tile layout, a cp.async tile copy into it,
+// and the per-tile online softmax on a 64 x 128 accumulator in wgmma's register layout
+// (each thread holds rows row_base and row_base + 8; 4 values per 8 columns: s[4 jb + 2 e + c]
+// is row e, column 8 jb + 2 tig + c).
+#pragma once
+
+#include "frspec/mma.cuh"
+#include "frspec/wgmma.cuh"
+
+namespace frspec {
+
+constexpr int kWgSlab = 128 * 128;   // bytes of one [128 x 64] 16-bit slab
+constexpr int kWgTile = 2 * kWgSlab;  // [128 x 128]: two slabs
+
+// Copy a [128 rows x 128] tile (rows from `src_row(r)`, 16-bit elements) into the swizzled
+// layout with cp.async, kThreads threads taking turns; rows with ok(r) false are zero-filled.
+template <typename T, int kThreads, typename RowPtr, typename RowOk>
+__device__ __forceinline__ void wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk ok, int tid = threadIdx.x) {
+  for (int c = tid; c < 128 * 16; c += kThreads) {
+    const int r = c >> 4, chunk = c & 15;
+    const bool valid = ok(r);
+    const T* src = src_row(valid ? r : 0) + chunk * 8;
+    cp_async_16(dst + (chunk >> 3) * kWgSlab + swizzle_128b(r, chunk & 7), src, valid ? 16 : 0);
+  }
+}
+
+// o *= alpha per row (the online-softmax rescale).
+__device__ __forceinline__ void wg_rescale(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+  for (int jb = 0; jb < 16; ++jb) {
+    o[4 * jb + 0] *= alpha[0];
+    o[4 * jb + 1] *= alpha[0];
+    o[4 * jb + 2] *= alpha[1];
+    o[4 * jb + 3] *= alpha[1];
+  }
+}
+
+// P (the exponentiated scores) as the A register fragments of the eight k16 steps of P V.
+template <typename T>
+__device__ __forceinline__ void wg_pack_p(const float (&s)[64], uint32_t (&pf)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+    pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+    pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+    pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// Online softmax of one tile of raw scores s (masked entries -inf) in base 2, the scale
+// (softmax scale * log2 e) folded into one FMA per score: s becomes P, m and l (per row,
+// base-2 running max and partial sum over this thread's columns) advance, alpha is the
+// factor the accumulator must be rescaled by.
+__device__ __forceinline__ void wg_online_softmax_fma(float (&s)[64], float (&m)[2], float (&l)[2],
+                                                      float (&alpha)[2], float scale_log2) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[e], mx * scale_log2);
+    const float ref = m_new == -INFINITY ? 0.f : m_new;
+    alpha[e] = exp2f(m[e] - ref);
+    m[e] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int jb = 0; jb < 16; ++jb) {
+      s[4 * jb + 2 * e] = exp2f(fmaf(s[4 * jb + 2 * e], scale_log2, -ref));
+      s[4 * jb + 2 * e + 1] = exp2f(fmaf(s[4 * jb + 2 * e + 1], scale_log2, -ref));
+      sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
+    }
+    l[e] = l[e] * alpha[e] + sum;
+  }
+}
+
+}  // namespace frspec

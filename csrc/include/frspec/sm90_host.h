@@ -1,0 +1,20 @@
+// Host-side helpers of the Hopper (sm_90a) kernels: whether they can run here, and TMA
+// tensor maps for their operand tiles.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the type only; the encoder is found through the runtime)
+
+#include <cstdint>
+
+namespace frspec {
+
+// wgmma kernels need an sm_90a build (FRSPEC_HAS_SM90A in that translation unit) and a
+// compute-capability 9.0 device: true when the current device is one.
+bool sm90a_device();
+
+// A tensor map over a row-major [rows, cols] 16-bit matrix whose boxes are 128 rows x 64
+// columns (128 bytes: the swizzle span), 128B-swizzled, rows past `rows` zero-filled.
+// False when the driver has no encoder or rejects the layout.
+bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16);
+
+}  // namespace frspec

@@ -1,0 +1,308 @@
+// Tree attention on Hopper tensor cores (wgmma, sm_90a), head_dim 128: the structure of the
+// warp-specialised APB kernel (apb_attention_sm90.cuh) over tree_attention_kernel's work
+// split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
+// of consecutive nodes, so one K/V tile serves G x 128 / G queries -- and one split of the
+// keys. Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), and one
+// thread streams 128-key K/V tiles through a 2-stage TMA ring. Warpgroups 1 and 2 each own
+// 64 rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
+// other's tensor-core work. Splits of one row tile (<= 8) form a thread-block cluster and
+// merge through distributed shared memory; more splits write fp32 partials for the merge
+// kernel.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the type only)
+
+#include "frspec/attention_sm90.cuh"
+#include "frspec/tree_attention.cuh"
+
+namespace frspec {
+
+constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
+constexpr int kTwKeys = 128;  // keys per tile
+constexpr int kTwThreads = 384;
+constexpr int kTwMaxCluster = 8;
+constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
+// Q, K x 2, V x 2 (+ 1024 alignment, + mbarriers)
+constexpr size_t kTwSmemBytes = 5 * kWgTile + 1024 + 128;
+static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * size_t(kWgTile), "merge buffer > K/V ring");
+
+__device__ __forceinline__ void cluster_arrive_wait() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// Address of the same shared-memory variable in CTA `rank` of this cluster.
+template <typename V>
+__device__ __forceinline__ const V* cluster_map(const V* p, uint32_t rank) {
+  uint64_t out;
+  asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+  return reinterpret_cast<const V*>(out);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kTwThreads, 1)
+    tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                             const TreeAttnParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 128;
+  extern __shared__ uint8_t tw_smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(tw_smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* q_s = smem;
+  uint8_t* k_s = smem + kWgTile;      // 2 stages
+  uint8_t* v_s = smem + 3 * kWgTile;  // 2 stages
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + 5 * kWgTile);
+  uint64_t* q_full = bars;
+  uint64_t* k_full = bars + 1;   // [2]
+  uint64_t* v_full = bars + 3;   // [2]
+  uint64_t* k_empty = bars + 5;  // [2]
+  uint64_t* v_empty = bars + 7;  // [2]
+
+  const int wg = threadIdx.x / 128;
+  const int split = blockIdx.x % p.splits, row_tile = blockIdx.x / p.splits;  // a cluster: one row tile's splits
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int G = p.Hq / p.Hkv, rows = p.N * G, r0 = row_tile * kTwRows;
+  const int consumers = rows - r0 > 64 ? 2 : 1;  // a warpgroup with no valid row sits out
+
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 128);  // every producer thread, after its Q rows landed
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&k_empty[s], 4 * consumers);  // one arrival per consumer warp
+      mbar_init(&v_empty[s], 4 * consumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  pdl_wait();  // cache_len, q and the cache may come from the previous kernel
+
+  const int prefix = p.cache_len[b];
+  const int total = min(prefix + p.N, p.L_max);
+  const int tiles = (total + kTwKeys - 1) / kTwKeys;
+  const int per_split = (tiles + p.splits - 1) / p.splits;
+  const int kbeg = split * per_split * kTwKeys, kend = min(total, kbeg + per_split * kTwKeys);
+  const int n_tiles = kbeg < kend ? (kend - kbeg + kTwKeys - 1) / kTwKeys : 0;
+
+  if (wg == 0) {  // ------------------------------------------------------------ producer
+    setmaxnreg_dec<40>();
+    {  // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G)
+      const int r = r0 + static_cast<int>(threadIdx.x);
+      const bool ok = r < rows;
+      const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
+      const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
+#pragma unroll
+      for (int chunk = 0; chunk < 16; ++chunk)
+        cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      mbar_arrive(q_full);
+    }
+    if (threadIdx.x == 0) {
+      const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
+      for (int it = 0; it < n_tiles; ++it) {
+        const int st = it & 1;
+        const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
+        if (it >= 2) mbar_wait(&k_empty[st], ((it >> 1) - 1) & 1);
+        mbar_arrive_expect_tx(&k_full[st], kWgTile);
+        tma_load_2d(k_s + st * kWgTile, &tm_k, h * D, row0 + k0, &k_full[st]);
+        tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, h * D + 64, row0 + k0, &k_full[st]);
+        if (it >= 2) mbar_wait(&v_empty[st], ((it >> 1) - 1) & 1);
+        mbar_arrive_expect_tx(&v_full[st], kWgTile);
+        tma_load_2d(v_s + st * kWgTile, &tm_v, h * D, row0 + k0, &v_full[st]);
+        tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, h * D + 64, row0 + k0, &v_full[st]);
+      }
+    }
+    __syncwarp();
+    if (p.cluster > 1) {  // no thread may leave before the cluster's two barriers
+      cluster_arrive_wait();
+      cluster_arrive_wait();
+    }
+    return;
+  }
+  // ------------------------------------------------------------------------- consumers
+  setmaxnreg_inc<232>();
+  const int c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, tig = lane % 4;
+  const int lrow = c * 64 + warp * 16 + g;  // this thread's rows in the tile: lrow, lrow + 8
+  const bool active = c < consumers;
+  const float sl2 = p.scale_log2;
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const uint64_t* mrow[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = min(r0 + lrow + e * 8, rows - 1);
+    mrow[e] = p.mask + (static_cast<int64_t>(b) * p.N + r / G) * p.W;
+  }
+
+  if (active && n_tiles > 0) {
+    mbar_wait(q_full, 0);
+    // Keys past kend in the first (highest) tile are whatever the cache holds there: their
+    // scores are masked, but P = 0 times a NaN value is NaN, so zero those V rows once.
+    const int k_last = kbeg + (n_tiles - 1) * kTwKeys;
+    if (kend - k_last < kTwKeys) {
+      mbar_wait(&v_full[0], 0);
+      const int tid = threadIdx.x - 128, zero_from = kend - k_last;
+      for (int i = tid; i < (kTwKeys - zero_from) * 16; i += 128 * consumers) {
+        const int r = zero_from + i / 16, chunk = i % 16;  // whole rows: the swizzle only permutes within a row
+        *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kWgSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
+      }
+      fence_proxy_async_smem();
+      named_bar_sync(4, 128 * consumers);  // (3 is the epilogue's, which the idle warpgroup may be at)
+    }
+    const bool pingpong = consumers == 2;
+    if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
+    uint32_t pf[8][4];
+    for (int it = 0; it < n_tiles; ++it) {
+      const int st = it & 1;
+      const uint32_t parity = (it >> 1) & 1;
+      const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;
+      mbar_wait(&k_full[st], parity);
+      if (pingpong) named_bar_sync(1 + c, 256);
+      float s[64];
+      wgmma_fence();
+      wgmma_fence_operands(s);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int slab = kk / 4, off = (kk % 4) * 32;
+        const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + c * 64 * 128 + off, 16, 1024);
+        const uint64_t db = wgmma_desc(k_s + st * kWgTile + slab * kWgSlab + off, 16, 1024);
+        wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
+      }
+      wgmma_commit();
+      if (pingpong && !(c == 1 && it == n_tiles - 1)) named_bar_arrive(2 - c, 256);  // the other's turn
+      wgmma_wait<0>();
+      wgmma_fence_operands(s);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&k_empty[st]);
+
+      // Mask: keys past the split, tree keys that are not ancestors-or-self.
+      if (k0 + kTwKeys > min(prefix, kend)) {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+          const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
+          const int e = (i >> 1) & 1;
+          bool ok = key < kend;
+          if (ok && key >= prefix) {
+            const int t = key - prefix;
+            ok = (mrow[e][t >> 6] >> (t & 63)) & 1ull;
+          }
+          if (!ok) s[i] = -INFINITY;
+        }
+      }
+      float alpha[2];
+      wg_online_softmax_fma(s, m, l, alpha, sl2);
+      wg_rescale(o, alpha);
+      wg_pack_p<T>(s, pf);
+      mbar_wait(&v_full[st], parity);
+      wgmma_fence();
+      wgmma_fence_operands(o);
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint64_t db = wgmma_desc(v_s + st * kWgTile + kk * 16 * 128, kWgSlab, 1024);
+        wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&v_empty[st]);
+    }
+  }
+  pdl_launch_dependents();
+
+  // Epilogue. Row e of this thread: packed row r0 + lrow + 8 e.
+  quad_sum(l);
+  constexpr float kLn2 = 0.69314718055994531f;
+  float inv[2], lse[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    inv[e] = l[e] > 0.f ? 1.f / l[e] : 0.f;
+    lse[e] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
+  }
+  auto out_row = [&](int r) {  // packed row -> row of out / lse ([B, N, Hq])
+    return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
+  };
+  if (p.cluster > 1) {
+    // Every split's normalised rows go to its shared memory (the K/V ring is free once
+    // both consumers are done), then each CTA of the cluster merges a share of the rows.
+    float* mo = reinterpret_cast<float*>(k_s);  // [kTwRows][kTwMergeStride]
+    float* ml = mo + kTwRows * kTwMergeStride;  // [kTwRows]
+    named_bar_sync(3, 256);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float* dst = mo + (lrow + 8 * e) * kTwMergeStride;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb)
+        *reinterpret_cast<float2*>(dst + jb * 8 + 2 * tig) =
+            make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+      if (tig == 0) ml[lrow + 8 * e] = lse[e];
+    }
+    cluster_arrive_wait();  // every split's rows are in its shared memory
+    const int n = p.cluster, rank = static_cast<int>(cluster_rank());
+    const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
+    const int lr_beg = rank * per, lr_end = min(valid, lr_beg + per);
+    for (int t = threadIdx.x - 128; t < (lr_end - lr_beg) * (D / 4); t += 256) {
+      const int lr = lr_beg + t / (D / 4), d = (t % (D / 4)) * 4;
+      float ls[kTwMaxCluster];
+      float M = -INFINITY;
+#pragma unroll
+      for (int s = 0; s < kTwMaxCluster; ++s)
+        if (s < n) {
+          ls[s] = *cluster_map(ml + lr, s);
+          M = fmaxf(M, ls[s]);
+        }
+      float L = 0.f;
+      float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int s = 0; s < kTwMaxCluster; ++s)
+        if (s < n && ls[s] != -INFINITY) {
+          const float w = __expf(ls[s] - M);
+          const float4 x = *cluster_map(reinterpret_cast<const float4*>(mo + lr * kTwMergeStride + d), s);
+          L += w;
+          O.x += w * x.x, O.y += w * x.y, O.z += w * x.z, O.w += w * x.w;
+        }
+      const float il = L > 0.f ? 1.f / L : 0.f;
+      const int64_t row = out_row(r0 + lr);
+      T* out = static_cast<T*>(p.out) + row * D + d;
+      *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
+      if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
+    }
+    cluster_arrive_wait();  // no CTA leaves while another may still read its shared memory
+    return;
+  }
+  if (!active) return;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = r0 + lrow + 8 * e;
+    if (r >= rows) continue;
+    const int64_t row = out_row(r);
+    if (p.splits == 1) {
+      T* out = static_cast<T*>(p.out) + row * D;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb)
+        *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
+            pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+      if (tig == 0) p.lse[row] = lse[e];
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
+      float* out = p.part_out + prow * D;
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb)
+        *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
+            make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+      if (tig == 0) p.part_lse[prow] = lse[e];
+    }
+  }
+#else
+  __trap();  // built without sm_90a: the launcher never picks this kernel
+#endif
+}
+
+}  // namespace frspec
