@@ -29,13 +29,15 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 #else
   const bool wgmma_ok = false;
 #endif
-  if (impl == TreeAttnImpl::kWgmma) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
+  if (impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmma3Stages) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
   if (impl == TreeAttnImpl::kMma) return impl;
-  return wgmma_ok && N * (Hq / Hkv) >= kTreeWgmmaMinRows ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
+  // wgmma measured faster on every multi-node shape of the benchmark (H100, 2026-11-25),
+  // N = 16 included; one-node trees keep the decode kernel.
+  return wgmma_ok && N > 1 ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
 }
 
 // How many thread-block clusters of `size` CTAs of the wgmma kernel fit on the GPU at once.
-template <typename T>
+template <typename T, int kStages>
 static int ws_max_active_clusters(int size) {
   static int cache[kTwMaxCluster + 1] = {};
   if (cache[size] == 0) {
@@ -44,11 +46,11 @@ static int ws_max_active_clusters(int size) {
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = size, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
     cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = kTwSmemBytes;
+    cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = tw_smem_bytes(kStages);
     cfg.attrs = &attr, cfg.numAttrs = 1;
-    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kTwSmemBytes)) != cudaSuccess ||
-        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T>, &cfg) != cudaSuccess)
+    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(tw_smem_bytes(kStages))) != cudaSuccess ||
+        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T, kStages>, &cfg) != cudaSuccess)
       n = -1;  // unknown: treated as "does not fit"
     cache[size] = n;
   }
@@ -73,16 +75,18 @@ static int ctas_per_sm() {
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
-  const int64_t key_tile = impl == TreeAttnImpl::kWgmma ? kTwKeys : kTaKeys;
+  const bool ws = impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmma3Stages;
+  const int64_t key_tile = ws ? kTwKeys : kTaKeys;
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
-  if (impl == TreeAttnImpl::kWgmma) {
+  if (ws) {
     // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
     // a cluster's worth (merged on chip), and only as many as whole cluster waves allow.
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
     int s = static_cast<int>(std::min<int64_t>({num_sms() / ctas, kTwMaxCluster, max_tiles}));
     const bool bf16 = dtype == DType::kBFloat16;
-    while (s > 1 && ctas > (bf16 ? ws_max_active_clusters<__nv_bfloat16>(s) : ws_max_active_clusters<__half>(s))) --s;
+    while (s > 1 && ctas > (bf16 ? ws_max_active_clusters<__nv_bfloat16, 2>(s) : ws_max_active_clusters<__half, 2>(s)))
+      --s;
     return std::max(s, 1);
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
@@ -136,19 +140,20 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, int kStages>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap tk, tv;  // the caches as [B * L_max, Hkv * D] rows
   if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16) ||
       !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16))
     return cudaErrorNotSupported;
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(kTwSmemBytes)));
+  constexpr size_t smem = tw_smem_bytes(kStages);
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
   p.cluster = p.splits > 1 && p.splits <= kTwMaxCluster ? p.splits : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T>, grid, dim3(kTwThreads), kTwSmemBytes,
+  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));
   if (p.splits > 1 && !p.cluster) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
@@ -181,7 +186,11 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   if (impl == TreeAttnImpl::kAuto) return cudaErrorNotSupported;  // wgmma requested, not available
   if (impl == TreeAttnImpl::kWgmma) {
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
-    return bf16 ? launch_ws<__nv_bfloat16>(p, stream) : launch_ws<__half>(p, stream);
+    return bf16 ? launch_ws<__nv_bfloat16, 2>(p, stream) : launch_ws<__half, 2>(p, stream);
+  }
+  if (impl == TreeAttnImpl::kWgmma3Stages) {
+    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
+    return bf16 ? launch_ws<__nv_bfloat16, 3>(p, stream) : launch_ws<__half, 3>(p, stream);
   }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);

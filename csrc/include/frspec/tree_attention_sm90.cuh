@@ -3,7 +3,7 @@
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
 // of consecutive nodes, so one K/V tile serves G x 128 / G queries -- and one split of the
 // keys. Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), and one
-// thread streams 128-key K/V tiles through a 2-stage TMA ring. Warpgroups 1 and 2 each own
+// thread streams 128-key K/V tiles through a kStages-deep TMA ring (2 or 3). Warpgroups 1 and 2 each own
 // 64 rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work. Splits of one row tile (<= 8) form a thread-block cluster and
 // merge through distributed shared memory; more splits write fp32 partials for the merge
@@ -22,8 +22,8 @@ constexpr int kTwKeys = 128;  // keys per tile
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
 constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
-// Q, K x 2, V x 2 (+ 1024 alignment, + mbarriers)
-constexpr size_t kTwSmemBytes = 5 * kWgTile + 1024 + 128;
+// Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
+constexpr size_t tw_smem_bytes(int stages) { return (1 + 2 * size_t(stages)) * kWgTile + 1024 + 128; }
 static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * size_t(kWgTile), "merge buffer > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
@@ -42,7 +42,7 @@ __device__ __forceinline__ const V* cluster_map(const V* p, uint32_t rank) {
   return reinterpret_cast<const V*>(out);
 }
 
-template <typename T>
+template <typename T, int kStages>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                              const TreeAttnParams p) {
@@ -51,14 +51,14 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   extern __shared__ uint8_t tw_smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(tw_smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* q_s = smem;
-  uint8_t* k_s = smem + kWgTile;      // 2 stages
-  uint8_t* v_s = smem + 3 * kWgTile;  // 2 stages
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + 5 * kWgTile);
+  uint8_t* k_s = smem + kWgTile;                  // [kStages]
+  uint8_t* v_s = smem + (1 + kStages) * kWgTile;  // [kStages]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + (1 + 2 * kStages) * kWgTile);
   uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;   // [2]
-  uint64_t* v_full = bars + 3;   // [2]
-  uint64_t* k_empty = bars + 5;  // [2]
-  uint64_t* v_empty = bars + 7;  // [2]
+  uint64_t* k_full = bars + 1;                 // [kStages]
+  uint64_t* v_full = bars + 1 + kStages;       // [kStages]
+  uint64_t* k_empty = bars + 1 + 2 * kStages;  // [kStages]
+  uint64_t* v_empty = bars + 1 + 3 * kStages;  // [kStages]
 
   const int wg = threadIdx.x / 128;
   const int split = blockIdx.x % p.splits, row_tile = blockIdx.x / p.splits;  // a cluster: one row tile's splits
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 128);  // every producer thread, after its Q rows landed
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
       mbar_init(&k_empty[s], 4 * consumers);  // one arrival per consumer warp
@@ -104,13 +104,14 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     if (threadIdx.x == 0) {
       const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
       for (int it = 0; it < n_tiles; ++it) {
-        const int st = it & 1;
+        const int st = it % kStages;
+        const uint32_t parity = ((it / kStages) - 1) & 1;  // of the consumers' release of this stage
         const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
-        if (it >= 2) mbar_wait(&k_empty[st], ((it >> 1) - 1) & 1);
+        if (it >= kStages) mbar_wait(&k_empty[st], parity);
         mbar_arrive_expect_tx(&k_full[st], kWgTile);
         tma_load_2d(k_s + st * kWgTile, &tm_k, h * D, row0 + k0, &k_full[st]);
         tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, h * D + 64, row0 + k0, &k_full[st]);
-        if (it >= 2) mbar_wait(&v_empty[st], ((it >> 1) - 1) & 1);
+        if (it >= kStages) mbar_wait(&v_empty[st], parity);
         mbar_arrive_expect_tx(&v_full[st], kWgTile);
         tma_load_2d(v_s + st * kWgTile, &tm_v, h * D, row0 + k0, &v_full[st]);
         tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, h * D + 64, row0 + k0, &v_full[st]);
@@ -160,8 +161,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
     uint32_t pf[8][4];
     for (int it = 0; it < n_tiles; ++it) {
-      const int st = it & 1;
-      const uint32_t parity = (it >> 1) & 1;
+      const int st = it % kStages;
+      const uint32_t parity = (it / kStages) & 1;
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;
       mbar_wait(&k_full[st], parity);
       if (pingpong) named_bar_sync(1 + c, 256);
