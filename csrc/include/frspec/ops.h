@@ -77,9 +77,8 @@ namespace frspec {
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
 // D == 128 and N > 1, else the mma.sync kernel (kMma; one-node trees take the decode
-// kernel). Kept for measurement: kWgmma3Stages (3-stage ring). A wgmma kind where
-// unavailable: cudaErrorNotSupported.
-enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmma3Stages = 3 };
+// kernel). kWgmma where unavailable: cudaErrorNotSupported.
+enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2 };
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl = TreeAttnImpl::kAuto);
 size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int64_t Hq, int64_t D);

@@ -88,35 +88,37 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<40>();
-    {  // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G)
-      const int r = r0 + static_cast<int>(threadIdx.x);
-      const bool ok = r < rows;
-      const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
-      const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
+    const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
+    auto issue_tile = [&](int it) {
+      const int st = it % kStages;
+      const uint32_t parity = ((it / kStages) - 1) & 1;  // of the consumers' release of this stage
+      const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
+      if (it >= kStages) mbar_wait(&k_empty[st], parity);
+      mbar_arrive_expect_tx(&k_full[st], kWgTile);
+      tma_load_2d(k_s + st * kWgTile, &tm_k, h * D, row0 + k0, &k_full[st]);
+      tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, h * D + 64, row0 + k0, &k_full[st]);
+      if (it >= kStages) mbar_wait(&v_empty[st], parity);
+      mbar_arrive_expect_tx(&v_full[st], kWgTile);
+      tma_load_2d(v_s + st * kWgTile, &tm_v, h * D, row0 + k0, &v_full[st]);
+      tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, h * D + 64, row0 + k0, &v_full[st]);
+    };
+    // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
+    const int r = r0 + static_cast<int>(threadIdx.x);
+    const bool ok = r < rows;
+    const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
+    const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
 #pragma unroll
-      for (int chunk = 0; chunk < 16; ++chunk)
-        cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async_smem();
-      mbar_arrive(q_full);
-    }
-    if (threadIdx.x == 0) {
-      const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
-      for (int it = 0; it < n_tiles; ++it) {
-        const int st = it % kStages;
-        const uint32_t parity = ((it / kStages) - 1) & 1;  // of the consumers' release of this stage
-        const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
-        if (it >= kStages) mbar_wait(&k_empty[st], parity);
-        mbar_arrive_expect_tx(&k_full[st], kWgTile);
-        tma_load_2d(k_s + st * kWgTile, &tm_k, h * D, row0 + k0, &k_full[st]);
-        tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, h * D + 64, row0 + k0, &k_full[st]);
-        if (it >= kStages) mbar_wait(&v_empty[st], parity);
-        mbar_arrive_expect_tx(&v_full[st], kWgTile);
-        tma_load_2d(v_s + st * kWgTile, &tm_v, h * D, row0 + k0, &v_full[st]);
-        tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, h * D + 64, row0 + k0, &v_full[st]);
-      }
-    }
+    for (int chunk = 0; chunk < 16; ++chunk)
+      cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
+    cp_async_commit();
+    // The first stages' K/V loads go out while Q is in flight (they wait for nothing).
+    if (threadIdx.x == 0)
+      for (int it = 0; it < min(kStages, n_tiles); ++it) issue_tile(it);
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    mbar_arrive(q_full);
+    if (threadIdx.x == 0)
+      for (int it = kStages; it < n_tiles; ++it) issue_tile(it);
     __syncwarp();
     if (p.cluster > 1) {  // no thread may leave before the cluster's two barriers
       cluster_arrive_wait();
