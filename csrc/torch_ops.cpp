@@ -327,9 +327,9 @@ std::tuple<at::Tensor, at::Tensor> apb_attention(const at::Tensor& q, const at::
   TORCH_CHECK(k.size(2) == D, "k head_dim ", k.size(2), " must equal q head_dim ", D);
   TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "q_heads (", Hq, ") must be a multiple of kv_heads (", Hkv, ")");
   TORCH_CHECK(Hq <= 65535, "at most 65535 query heads, got ", Hq);
-  TORCH_CHECK(impl >= 0 && impl <= 5,
-              "impl must be 0 (auto), 1 (mma.sync), 2 (wgmma), 3 (wgmma_ws), 4 (wgmma_pingpong) or 5 "
-              "(wgmma_pingpong_windows), got ", impl);
+  TORCH_CHECK(impl >= 0 && impl <= 6,
+              "impl must be 0 (auto), 1 (mma.sync), 2 (wgmma), 3 (wgmma_ws), 4 (wgmma_pingpong), 5 "
+              "(wgmma_pingpong_windows) or 6 (wgmma_pingpong_overlap), got ", impl);
   TORCH_CHECK(scale > 0, "scale must be > 0, got ", scale);
   TORCH_CHECK(Tq < (int64_t(1) << 23) && k.size(0) < (int64_t(1) << 30), "sequence too long: ", Tq, " queries, ",
               k.size(0), " keys");

@@ -80,6 +80,8 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
   // (bench/NOTES.md); the run-to-run spread (~5%) is as large as the gaps between schedules.
   if (wgmma_ok && impl == ApbImpl::kWgmmaWs)
     return bf16 ? launch_apb_ws<__nv_bfloat16, 0>(p, Tq, Tk, stream) : launch_apb_ws<__half, 0>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl == ApbImpl::kWgmmaPingpongOverlap)
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 3>(p, Tq, Tk, stream) : launch_apb_ws<__half, 3>(p, Tq, Tk, stream);
   if (wgmma_ok && impl == ApbImpl::kWgmmaPingpongWindows)
     return bf16 ? launch_apb_ws<__nv_bfloat16, 2>(p, Tq, Tk, stream) : launch_apb_ws<__half, 2>(p, Tq, Tk, stream);
   if (wgmma_ok && impl != ApbImpl::kMma)  // auto, kWgmmaPingpong

@@ -1,5 +1,7 @@
 // Instantiations and launchers of tree attention (see frspec/tree_attention.cuh).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "frspec/ops.h"
 #include "frspec/sm90_host.h"
@@ -151,7 +153,10 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
-  p.cluster = p.splits > 1 && p.splits <= kTwMaxCluster ? p.splits : 0;
+  // FRSPEC_TREE_CLUSTER=0 (read per launch; for measurement) merges splits in the merge kernel.
+  const char* cluster_env = std::getenv("FRSPEC_TREE_CLUSTER");
+  const bool cluster_ok = cluster_env == nullptr || std::strcmp(cluster_env, "0") != 0;
+  p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster ? p.splits : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
   FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));

@@ -253,9 +253,12 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   for (int i = 0; i < 64; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   mbar_wait(q_full, 0);
-  // kSched 1, 2: the consumers take turns issuing their GEMMs (named barriers 1 and 2), so
+  // kSched 1, 2, 3: the consumers take turns issuing their GEMMs (named barriers 1 and 2), so
   // one's softmax runs under the other's tensor-core work. kSched 2 also issues tile j-1's
-  // P V together with tile j's Q K^T in one window.
+  // P V together with tile j's Q K^T in one window; kSched 3 issues that P V after the
+  // Q K^T and waits only for the Q K^T, so its own softmax of tile j runs under its P V of
+  // tile j-1 as well (FlashAttention-3's intra-warpgroup overlap); O is rescaled after.
+  constexpr bool kDeferPv = kSched >= 2;
   if (kSched > 0 && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
   uint32_t pf[8][4];
   int prev_st = 0;
@@ -292,8 +295,17 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
     }
     wgmma_commit();
-    if (kSched > 0 && !(c == 1 && it == n_tiles - 1)) named_bar_arrive(2 - c, 256);  // the other's turn
-    wgmma_wait<0>();
+    const bool other_turn = kSched > 0 && !(c == 1 && it == n_tiles - 1);
+    // (one branch per path: ptxas serialises wgmma where it cannot see which groups are done)
+    if (kSched == 3 && it > 0) {
+      mbar_wait(&v_full[prev_st], prev_parity);
+      issue_pv(prev_st);
+      if (other_turn) named_bar_arrive(2 - c, 256);  // the other's turn
+      wgmma_wait<1>();  // this tile's Q K^T; the P V behind it may still run
+    } else {
+      if (other_turn) named_bar_arrive(2 - c, 256);
+      wgmma_wait<0>();
+    }
     wgmma_fence_operands(s);
     if (kSched == 2) wgmma_fence_operands(o);
     __syncwarp();
@@ -313,9 +325,15 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
     }
     float alpha[2];
     wg_online_softmax_fma(s, m, l, alpha, sl2);
+    if (kSched == 3) {  // tile j-1's P V must finish before O is rescaled
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      __syncwarp();
+      if (lane == 0 && it > 0) mbar_arrive(&v_empty[prev_st]);
+    }
     wg_rescale(o, alpha);
     wg_pack_p<T>(s, pf);
-    if (kSched < 2) {
+    if (!kDeferPv) {
       mbar_wait(&v_full[st], parity);
       issue_pv(st);
       wgmma_wait<0>();
@@ -326,7 +344,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
     prev_st = st;
     prev_parity = parity;
   }
-  if (kSched == 2) {  // the last tile's P V
+  if (kDeferPv) {  // the last tile's P V
     mbar_wait(&v_full[prev_st], prev_parity);
     issue_pv(prev_st);
     wgmma_wait<0>();

@@ -99,9 +99,12 @@ namespace frspec {
 // ping-pong consumers (kWgmmaPingpong) on sm_90a builds running on compute capability 9.0
 // with D == 128, else mma.sync (kMma). Kept for measurement: kWgmma (every warp loads,
 // then computes), kWgmmaWs (producer warpgroup + TMA, consumers unsynchronised),
-// kWgmmaPingpongWindows (+ P V of tile j-1 issued with Q K^T of tile j). A wgmma kind
-// where unavailable returns cudaErrorNotSupported.
-enum class ApbImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaWs = 3, kWgmmaPingpong = 4, kWgmmaPingpongWindows = 5 };
+// kWgmmaPingpongWindows (+ P V of tile j-1 issued with Q K^T of tile j),
+// kWgmmaPingpongOverlap (+ P V of tile j-1 issued after Q K^T of tile j and left running
+// under the softmax of tile j). A wgmma kind where unavailable returns cudaErrorNotSupported.
+enum class ApbImpl : int {
+  kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaWs = 3, kWgmmaPingpong = 4, kWgmmaPingpongWindows = 5, kWgmmaPingpongOverlap = 6
+};
 cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t anchor_len, int64_t local_len,
                           int64_t passing_len, int64_t Hq, int64_t Hkv, int64_t D, float scale, DType dtype,
                           void* out, float* lse, cudaStream_t stream, ApbImpl impl = ApbImpl::kAuto);

@@ -9,7 +9,8 @@ from .. import _library
 from ..reference import apb as ref
 
 
-IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_ws": 3, "wgmma_pingpong": 4, "wgmma_pingpong_windows": 5}
+IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_ws": 3, "wgmma_pingpong": 4, "wgmma_pingpong_windows": 5,
+         "wgmma_pingpong_overlap": 6}
 
 
 def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len: int, passing_len: int,
@@ -22,8 +23,9 @@ def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len:
     Returns out [Tq, Hq, D] (q's dtype) and lse [Tq, Hq] fp32 (natural log). On CUDA one
     kernel (D 64/128, fp16/bf16, GQA, any lengths) that skips fully masked tiles: on Hopper
     with D 128 the warp-specialised TMA + wgmma kernel with ping-pong consumers ("auto" =
-    "wgmma_pingpong"), else mma.sync ("mma"); "wgmma", "wgmma_ws", "wgmma_pingpong_windows"
-    are variants kept for measurement (bench/NOTES.md). On CPU the PyTorch reference."""
+    "wgmma_pingpong"), else mma.sync ("mma"); "wgmma", "wgmma_ws", "wgmma_pingpong_windows",
+    "wgmma_pingpong_overlap" are variants kept for measurement (bench/NOTES.md). On CPU the
+    PyTorch reference."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not q.is_cuda:
         return ref.apb_attention(q, k, v, anchor_len, passing_len, scale)

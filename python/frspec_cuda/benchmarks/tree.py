@@ -5,6 +5,8 @@ and one speculative step's tree bookkeeping (build + greedy verify + KV compacti
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -103,8 +105,11 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             if wgmma_available(device):
                 timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
                 if B == 1 and N == 60 and prefix >= 4096:  # how the split count trades
-                    for sp in (1, 2, 4, 8, 16):
+                    for sp in (4, 6, 8, 16):
                         timed[f"frspec wgmma, {sp} splits"] = lambda i, sp=sp: tree.tree_attention(
+                            *sets[i % n], impl="wgmma", num_splits=sp, validate=False)
+                    for sp in (6, 8):
+                        timed[f"frspec wgmma, {sp} splits, merge kernel"] = lambda i, sp=sp: tree.tree_attention(
                             *sets[i % n], impl="wgmma", num_splits=sp, validate=False)
             timed["frspec mma, no PDL"] = timed["frspec mma"]  # PDL lets back-to-back launches overlap
         am = _dense_mask(sets[0][3], sets[0][4], N, L)
@@ -117,12 +122,14 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 rows.append(dict(op="tree_attention", impl="flex", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
         us, how = {}, {}
         for name, f in timed.items():
+            os.environ["FRSPEC_TREE_CLUSTER"] = "0" if "merge kernel" in name else "1"  # read at launch
             with decoder.launch_settings(pdl="no PDL" not in name):
                 t = graph_time_us(f, device, calls)
                 how[name] = "graph"
                 if t is None:
                     t, how[name] = time_us(lambda i, f=f: f(i), device, warmup=3, reps=20), "eager"
                 us[name] = t
+        os.environ.pop("FRSPEC_TREE_CLUSTER", None)
         for name, t in us.items():
             rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl=name, timing=how[name],
                              time_us=round(t, 1), floor_us=round(floor, 1), x_floor=round(t / floor, 2),
