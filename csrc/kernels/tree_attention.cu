@@ -74,6 +74,13 @@ static int ctas_per_sm() {
   return n;
 }
 
+// Whether `ctas` thread-block clusters of `size` CTAs of the wgmma kernel run all at once.
+static bool ws_clusters_fit(int64_t ctas, int size, DType dtype) {
+  const int n = dtype == DType::kBFloat16 ? ws_max_active_clusters<__nv_bfloat16, 2>(size)
+                                         : ws_max_active_clusters<__half, 2>(size);
+  return ctas <= n;
+}
+
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
@@ -82,13 +89,16 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (ws) {
-    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
-    // a cluster's worth (merged on chip), and only as many as whole cluster waves allow.
+    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave. Splits of
+    // one row tile merge on chip when they form a thread-block cluster (<= 8) and all the
+    // clusters fit on the GPU at once; otherwise the merge kernel does it, which pays off
+    // only for long splits (measured, H100, B = 1, N = 60: at 32K 8 splits + merge kernel
+    // 81 us vs 6-CTA clusters 96 us; at 4K 25 vs 23 us).
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
-    int s = static_cast<int>(std::min<int64_t>({num_sms() / ctas, kTwMaxCluster, max_tiles}));
-    const bool bf16 = dtype == DType::kBFloat16;
-    while (s > 1 && ctas > (bf16 ? ws_max_active_clusters<__nv_bfloat16, 2>(s) : ws_max_active_clusters<__half, 2>(s)))
-      --s;
+    const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kMergeMaxSplits}));
+    int s = static_cast<int>(std::min<int64_t>(want, kTwMaxCluster));
+    while (s > 1 && !ws_clusters_fit(ctas, s, dtype)) --s;
+    if (want > s && max_tiles >= 16 * want) return static_cast<int>(want);
     return std::max(s, 1);
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
@@ -156,7 +166,11 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   // FRSPEC_TREE_CLUSTER=0 (read per launch; for measurement) merges splits in the merge kernel.
   const char* cluster_env = std::getenv("FRSPEC_TREE_CLUSTER");
   const bool cluster_ok = cluster_env == nullptr || std::strcmp(cluster_env, "0") != 0;
-  p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster ? p.splits : 0;
+  const int64_t ctas = int64_t(p.row_tiles) * p.Hkv * p.B;
+  p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster &&
+                      ws_clusters_fit(ctas, p.splits, bf16 ? DType::kBFloat16 : DType::kFloat16)
+                  ? p.splits
+                  : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
   FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));

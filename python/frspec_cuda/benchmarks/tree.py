@@ -104,7 +104,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             timed["frspec mma"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
             if wgmma_available(device):
                 timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
-                if B == 1 and N == 60 and prefix >= 4096:  # how the split count trades
+                if B == 1 and N in (16, 60) and prefix >= 4096:  # how the split count trades
                     for sp in (4, 6, 8, 16):
                         timed[f"frspec wgmma, {sp} splits"] = lambda i, sp=sp: tree.tree_attention(
                             *sets[i % n], impl="wgmma", num_splits=sp, validate=False)
