@@ -89,16 +89,17 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (ws) {
-    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave. Splits of
-    // one row tile merge on chip when they form a thread-block cluster (<= 8) and all the
-    // clusters fit on the GPU at once; otherwise the merge kernel does it, which pays off
-    // only for long splits (measured, H100, B = 1, N = 60: at 32K 8 splits + merge kernel
-    // 81 us vs 6-CTA clusters 96 us; at 4K 25 vs 23 us).
+    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
+    // a cluster's worth (8). They merge on chip when all the clusters fit on the GPU at once;
+    // when only smaller clusters fit, long splits take the full count and the merge kernel
+    // (measured, H100, B = 1: N = 60 at 32K, 8 splits + merge kernel 80 us vs clusters of 6
+    // 94 us, at 4K 26 vs 23.5 us; N = 16 at 32K, clusters of 8 55 us vs 16 splits + merge
+    // kernel 65 us).
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
-    const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kMergeMaxSplits}));
-    int s = static_cast<int>(std::min<int64_t>(want, kTwMaxCluster));
+    const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kTwMaxCluster}));
+    int s = static_cast<int>(want);
     while (s > 1 && !ws_clusters_fit(ctas, s, dtype)) --s;
-    if (want > s && max_tiles >= 16 * want) return static_cast<int>(want);
+    if (s < want && max_tiles >= 16 * want) return static_cast<int>(want);
     return std::max(s, 1);
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
