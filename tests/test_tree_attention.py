@@ -92,10 +92,10 @@ def wgmma_ok(D):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
-@pytest.mark.parametrize("impl", ["mma", "wgmma"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_overlap"])
 def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
     B, N, Hq, Hkv, D, lens = CASES[case]
-    if impl == "wgmma" and not wgmma_ok(D):
+    if impl.startswith("wgmma") and not wgmma_ok(D):
         pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")
     q, k, v, cl, mask = make_case(B, N, Hq, Hkv, D, lens, dtype, "cuda", seed=case * 10 + num_splits)
     scale = 1 / math.sqrt(D)

@@ -31,7 +31,7 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 #else
   const bool wgmma_ok = false;
 #endif
-  if (impl == TreeAttnImpl::kWgmma) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
+  if (impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaOverlap) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
   if (impl == TreeAttnImpl::kMma) return impl;
   // wgmma measured faster on every multi-node shape of the benchmark (H100, 2026-11-25),
   // N = 16 included; one-node trees keep the decode kernel.
@@ -50,9 +50,9 @@ static int ws_max_active_clusters(int size) {
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = tw_smem_bytes(kStages);
     cfg.attrs = &attr, cfg.numAttrs = 1;
-    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(tw_smem_bytes(kStages))) != cudaSuccess ||
-        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T, kStages>, &cfg) != cudaSuccess)
+        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T, kStages, false>, &cfg) != cudaSuccess)
       n = -1;  // unknown: treated as "does not fit"
     cache[size] = n;
   }
@@ -84,7 +84,7 @@ static bool ws_clusters_fit(int64_t ctas, int size, DType dtype) {
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
-  const bool ws = impl == TreeAttnImpl::kWgmma;
+  const bool ws = impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaOverlap;
   const int64_t key_tile = ws ? kTwKeys : kTaKeys;
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
@@ -153,7 +153,7 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int kStages>
+template <typename T, int kStages, bool kOverlap>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap tk, tv;  // the caches as [B * L_max, Hkv * D] rows
@@ -161,7 +161,7 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
       !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16))
     return cudaErrorNotSupported;
   constexpr size_t smem = tw_smem_bytes(kStages);
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages>,
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
   // FRSPEC_TREE_CLUSTER=0 (read per launch; for measurement) merges splits in the merge kernel.
@@ -173,7 +173,7 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
                   ? p.splits
                   : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages>, grid, dim3(kTwThreads), smem,
+  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));
   if (p.splits > 1 && !p.cluster) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
@@ -206,7 +206,11 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   if (impl == TreeAttnImpl::kAuto) return cudaErrorNotSupported;  // wgmma requested, not available
   if (impl == TreeAttnImpl::kWgmma) {
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
-    return bf16 ? launch_ws<__nv_bfloat16, 2>(p, stream) : launch_ws<__half, 2>(p, stream);
+    return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
+  }
+  if (impl == TreeAttnImpl::kWgmmaOverlap) {
+    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
+    return bf16 ? launch_ws<__nv_bfloat16, 2, true>(p, stream) : launch_ws<__half, 2, true>(p, stream);
   }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);

@@ -24,7 +24,8 @@ constexpr int kTwMaxCluster = 8;
 constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
 constexpr size_t tw_smem_bytes(int stages) { return (1 + 2 * size_t(stages)) * kWgTile + 1024 + 128; }
-static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * size_t(kWgTile), "merge buffer > K/V ring");
+// merge slots: n x ceil(valid / n) <= kTwRows + kTwMaxCluster rows, each with an LSE
+static_assert(size_t(kTwRows + kTwMaxCluster) * (kTwMergeStride + 1) * 4 <= 4 * size_t(kWgTile), "merge slots > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
@@ -36,13 +37,13 @@ __device__ __forceinline__ uint32_t cluster_rank() {
 }
 // Address of the same shared-memory variable in CTA `rank` of this cluster.
 template <typename V>
-__device__ __forceinline__ const V* cluster_map(const V* p, uint32_t rank) {
+__device__ __forceinline__ V* cluster_map(V* p, uint32_t rank) {
   uint64_t out;
   asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
-  return reinterpret_cast<const V*>(out);
+  return reinterpret_cast<V*>(out);
 }
 
-template <typename T, int kStages>
+template <typename T, int kStages, bool kOverlap>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                              const TreeAttnParams p) {
@@ -157,11 +158,23 @@ __global__ void __launch_bounds__(kTwThreads, 1)
         *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kWgSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async_smem();
-      named_bar_sync(4, 128 * consumers);  // (3 is the epilogue's, which the idle warpgroup may be at)
+      named_bar_sync(4, 128 * consumers);  // (not 1, 2: the ping-pong's)
     }
     const bool pingpong = consumers == 2;
     if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
     uint32_t pf[8][4];
+    int prev_st = 0;
+    uint32_t prev_parity = 0;
+    auto issue_pv = [&](int stage) {  // O += P V, 16 keys per step; V is the transposed (MN-major) operand
+      wgmma_fence();
+      wgmma_fence_operands(o);
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint64_t db = wgmma_desc(v_s + stage * kWgTile + kk * 16 * 128, kWgSlab, 1024);
+        wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+      }
+      wgmma_commit();
+    };
     for (int it = 0; it < n_tiles; ++it) {
       const int st = it % kStages;
       const uint32_t parity = (it / kStages) & 1;
@@ -179,8 +192,19 @@ __global__ void __launch_bounds__(kTwThreads, 1)
         wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
       }
       wgmma_commit();
-      if (pingpong && !(c == 1 && it == n_tiles - 1)) named_bar_arrive(2 - c, 256);  // the other's turn
-      wgmma_wait<0>();
+      const bool other_turn = pingpong && !(c == 1 && it == n_tiles - 1);
+      // kOverlap: tile j-1's P V goes out behind this Q K^T and runs under this tile's
+      // softmax (one branch per path: ptxas serialises wgmma where it cannot tell which
+      // groups are done).
+      if (kOverlap && it > 0) {
+        mbar_wait(&v_full[prev_st], prev_parity);
+        issue_pv(prev_st);
+        if (other_turn) named_bar_arrive(2 - c, 256);  // the other's turn
+        wgmma_wait<1>();
+      } else {
+        if (other_turn) named_bar_arrive(2 - c, 256);
+        wgmma_wait<0>();
+      }
       wgmma_fence_operands(s);
       __syncwarp();
       if (lane == 0) mbar_arrive(&k_empty[st]);
@@ -201,21 +225,30 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       }
       float alpha[2];
       wg_online_softmax_fma(s, m, l, alpha, sl2);
+      if (kOverlap) {  // tile j-1's P V must finish before O is rescaled
+        wgmma_wait<0>();
+        wgmma_fence_operands(o);
+        __syncwarp();
+        if (lane == 0 && it > 0) mbar_arrive(&v_empty[prev_st]);
+      }
       wg_rescale(o, alpha);
       wg_pack_p<T>(s, pf);
-      mbar_wait(&v_full[st], parity);
-      wgmma_fence();
-      wgmma_fence_operands(o);
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const uint64_t db = wgmma_desc(v_s + st * kWgTile + kk * 16 * 128, kWgSlab, 1024);
-        wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+      if (!kOverlap) {
+        mbar_wait(&v_full[st], parity);
+        issue_pv(st);
+        wgmma_wait<0>();
+        wgmma_fence_operands(o);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&v_empty[st]);
       }
-      wgmma_commit();
+      prev_st = st;
+      prev_parity = parity;
+    }
+    if (kOverlap) {  // the last tile's P V
+      mbar_wait(&v_full[prev_st], prev_parity);
+      issue_pv(prev_st);
       wgmma_wait<0>();
       wgmma_fence_operands(o);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&v_empty[st]);
     }
   }
   pdl_launch_dependents();
@@ -233,32 +266,37 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
   };
   if (p.cluster > 1) {
-    // Every split's normalised rows go to its shared memory (the K/V ring is free once
-    // both consumers are done), then each CTA of the cluster merges a share of the rows.
-    float* mo = reinterpret_cast<float*>(k_s);  // [kTwRows][kTwMergeStride]
-    float* ml = mo + kTwRows * kTwMergeStride;  // [kTwRows]
-    named_bar_sync(3, 256);
+    // The cluster's CTAs are this row tile's splits (rank = split). Rows are dealt out to
+    // owners (`per` each); every CTA pushes its normalised rows and LSEs into the owners'
+    // shared memory (remote stores: their latency overlaps), then each owner merges its
+    // rows from local memory. The K/V ring holds the slots once every CTA is done with it.
+    const int n = p.cluster, rank = static_cast<int>(cluster_rank());
+    const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
+    float* mo = reinterpret_cast<float*>(k_s);           // [n][per][kTwMergeStride]
+    float* ml = mo + n * per * kTwMergeStride;           // [n][per]
+    cluster_arrive_wait();  // every CTA of the cluster is done with its K/V ring
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      float* dst = mo + (lrow + 8 * e) * kTwMergeStride;
+      const int lr = lrow + 8 * e;
+      if (!active || lr >= valid) continue;
+      const int owner = lr / per, slot = rank * per + lr % per;
+      float* dst = cluster_map(mo + slot * kTwMergeStride, owner);
 #pragma unroll
       for (int jb = 0; jb < 16; ++jb)
         *reinterpret_cast<float2*>(dst + jb * 8 + 2 * tig) =
             make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) ml[lrow + 8 * e] = lse[e];
+      if (tig == 0) *cluster_map(ml + slot, owner) = lse[e];
     }
-    cluster_arrive_wait();  // every split's rows are in its shared memory
-    const int n = p.cluster, rank = static_cast<int>(cluster_rank());
-    const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
-    const int lr_beg = rank * per, lr_end = min(valid, lr_beg + per);
-    for (int t = threadIdx.x - 128; t < (lr_end - lr_beg) * (D / 4); t += 256) {
-      const int lr = lr_beg + t / (D / 4), d = (t % (D / 4)) * 4;
+    cluster_arrive_wait();  // all rows pushed; from here each CTA reads only its own memory
+    const int lr_beg = rank * per, mine = max(0, min(valid - lr_beg, per));
+    for (int t = threadIdx.x - 128; t < mine * (D / 4); t += 256) {
+      const int i = t / (D / 4), d = (t % (D / 4)) * 4;
       float ls[kTwMaxCluster];
       float M = -INFINITY;
 #pragma unroll
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n) {
-          ls[s] = *cluster_map(ml + lr, s);
+          ls[s] = ml[s * per + i];
           M = fmaxf(M, ls[s]);
         }
       float L = 0.f;
@@ -267,17 +305,16 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n && ls[s] != -INFINITY) {
           const float w = __expf(ls[s] - M);
-          const float4 x = *cluster_map(reinterpret_cast<const float4*>(mo + lr * kTwMergeStride + d), s);
+          const float4 x = *reinterpret_cast<const float4*>(mo + (s * per + i) * kTwMergeStride + d);
           L += w;
           O.x += w * x.x, O.y += w * x.y, O.z += w * x.z, O.w += w * x.w;
         }
       const float il = L > 0.f ? 1.f / L : 0.f;
-      const int64_t row = out_row(r0 + lr);
+      const int64_t row = out_row(r0 + lr_beg + i);
       T* out = static_cast<T*>(p.out) + row * D + d;
       *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
       if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
     }
-    cluster_arrive_wait();  // no CTA leaves while another may still read its shared memory
     return;
   }
   if (!active) return;
