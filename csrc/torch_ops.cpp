@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   check_shape(cache_len, {B}, "cache_len");
   check_dtype(mask, at::kLong, "mask");
   check_shape(mask, {B, N, (N + 63) / 64}, "mask");
-  TORCH_CHECK(impl >= 0 && impl <= 3, "tree_attention impl must be 0 (auto), 1 (mma), 2 (wgmma) or 3 (wgmma_overlap), got ",
+  TORCH_CHECK(impl >= 0 && impl <= 3, "tree_attention impl must be 0 (auto), 1 (mma), 2 (wgmma) or 3 (wgmma_serial), got ",
               impl);
   TORCH_CHECK(B <= 65535 && Hkv <= 65535, "batch (", B, ") and kv_heads (", Hkv, ") must be <= 65535");
   const auto kind = static_cast<frspec::TreeAttnImpl>(impl);

@@ -92,7 +92,7 @@ def wgmma_ok(D):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
-@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_overlap"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_serial"])
 def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
     B, N, Hq, Hkv, D, lens = CASES[case]
     if impl.startswith("wgmma") and not wgmma_ok(D):

@@ -31,7 +31,7 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 #else
   const bool wgmma_ok = false;
 #endif
-  if (impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaOverlap) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
+  if (impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaSerial) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
   if (impl == TreeAttnImpl::kMma) return impl;
   // wgmma measured faster on every multi-node shape of the benchmark (H100, 2026-11-25),
   // N = 16 included; one-node trees keep the decode kernel.
@@ -84,7 +84,7 @@ static bool ws_clusters_fit(int64_t ctas, int size, DType dtype) {
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
-  const bool ws = impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaOverlap;
+  const bool ws = impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaSerial;
   const int64_t key_tile = ws ? kTwKeys : kTaKeys;
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
@@ -206,11 +206,11 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   if (impl == TreeAttnImpl::kAuto) return cudaErrorNotSupported;  // wgmma requested, not available
   if (impl == TreeAttnImpl::kWgmma) {
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
-    return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
-  }
-  if (impl == TreeAttnImpl::kWgmmaOverlap) {
-    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
     return bf16 ? launch_ws<__nv_bfloat16, 2, true>(p, stream) : launch_ws<__half, 2, true>(p, stream);
+  }
+  if (impl == TreeAttnImpl::kWgmmaSerial) {
+    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
+    return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
   }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);

@@ -79,7 +79,7 @@ def verify_tree_sampling(tokens, parents, probs, *, uniforms: torch.Tensor | Non
                                                                uniforms.float()))
 
 
-TREE_ATTENTION_IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_overlap": 3}
+TREE_ATTENTION_IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_serial": 3}
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, *, num_splits: int = 0,
@@ -91,8 +91,9 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
     kernel, split over the keys (num_splits 0 = fill the GPU), the splits merged on chip or by
     a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
-    warp-specialised TMA + wgmma; head_dim 128 on an sm_90a build; auto takes it for N > 1),
-    "wgmma_overlap" (the same with tile j-1's P V under tile j's softmax; for measurement).
+    warp-specialised TMA + wgmma, key tile j-1's P V under tile j's softmax; head_dim 128 on
+    an sm_90a build; auto takes it for N > 1), "wgmma_serial" (the same, each tile's P V
+    after its softmax; kept for measurement).
     """
     if impl not in TREE_ATTENTION_IMPLS:
         raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")

@@ -77,9 +77,10 @@ namespace frspec {
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
 // D == 128 and N > 1, else the mma.sync kernel (kMma; one-node trees take the decode
-// kernel). Kept for measurement: kWgmmaOverlap (P V of tile j-1 left running under the
-// softmax of tile j). A wgmma kind where unavailable: cudaErrorNotSupported.
-enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaOverlap = 3 };
+// kernel). kWgmma leaves the P V of key tile j-1 running under the softmax of tile j; kept
+// for measurement: kWgmmaSerial (each tile's P V issued after its softmax and waited for).
+// A wgmma kind where unavailable: cudaErrorNotSupported.
+enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaSerial = 3 };
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl = TreeAttnImpl::kAuto);
 size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int64_t Hq, int64_t D);

@@ -1,13 +1,14 @@
 // Tree attention on Hopper tensor cores (wgmma, sm_90a), head_dim 128: the structure of the
 // warp-specialised APB kernel (apb_attention_sm90.cuh) over tree_attention_kernel's work
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
-// of consecutive nodes, so one K/V tile serves G x 128 / G queries -- and one split of the
-// keys. Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), and one
-// thread streams 128-key K/V tiles through a kStages-deep TMA ring (2 or 3). Warpgroups 1 and 2 each own
-// 64 rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
-// other's tensor-core work. Splits of one row tile (<= 8) form a thread-block cluster and
-// merge through distributed shared memory; more splits write fp32 partials for the merge
-// kernel.
+// of consecutive nodes, so one K/V tile serves all of them -- and one split of the keys.
+// Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), one thread
+// streams 128-key K/V tiles through a kStages-deep TMA ring. Warpgroups 1 and 2 each own 64
+// rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
+// other's tensor-core work; with kOverlap a consumer's P V of tile j-1 also runs under its
+// own softmax of tile j (FlashAttention-3's intra-warpgroup overlap). Splits of one row tile
+// merge through distributed shared memory when they form a cluster (<= 8), else they write
+// fp32 partials for the merge kernel.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (the type only)
@@ -67,6 +68,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   const int G = p.Hq / p.Hkv, rows = p.N * G, r0 = row_tile * kTwRows;
   const int consumers = rows - r0 > 64 ? 2 : 1;  // a warpgroup with no valid row sits out
 
+  pdl_wait();  // cache_len, q and the cache may come from the previous kernel
+  const int prefix = p.cache_len[b];  // (its latency overlaps the barrier setup)
   if (threadIdx.x == 0) {
     mbar_init(q_full, 128);  // every producer thread, after its Q rows landed
     for (int s = 0; s < kStages; ++s) {
@@ -78,9 +81,6 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     mbar_init_fence();
   }
   __syncthreads();
-  pdl_wait();  // cache_len, q and the cache may come from the previous kernel
-
-  const int prefix = p.cache_len[b];
   const int total = min(prefix + p.N, p.L_max);
   const int tiles = (total + kTwKeys - 1) / kTwKeys;
   const int per_split = (tiles + p.splits - 1) / p.splits;

@@ -104,8 +104,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             timed["frspec mma"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
             if wgmma_available(device):
                 timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
-                timed["frspec wgmma overlap"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma_overlap",
-                                                                              validate=False)
+                timed["frspec wgmma serial"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma_serial",
+                                                                             validate=False)
                 if B == 1 and N in (16, 60) and prefix >= 4096:  # how the split count trades
                     for sp in (4, 6, 8, 16):
                         timed[f"frspec wgmma, {sp} splits"] = lambda i, sp=sp: tree.tree_attention(
