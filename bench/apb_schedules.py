@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from frspec_cuda.apb import apb_attention
-from frspec_cuda.benchmarks.apb import D, HKV, HQ, LAYOUTS, _flex_call, attention_flops
+from frspec_cuda.apb import apb_attention, attention_flops
+from frspec_cuda.benchmarks.apb import D, HKV, HQ, LAYOUTS, _flex_call
 from frspec_cuda.benchmarks.timing import time_us
 from frspec_cuda.benchmarks.tree import matmul_tflops
 
