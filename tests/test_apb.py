@@ -103,7 +103,7 @@ def _needs_wgmma(impl, D=128):
 
 @requires_kernel("apb_attention")
 # auto: the ping-pong wgmma kernel on H100 for D 128, mma.sync otherwise
-@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(KERNEL_CASES)))
 def test_kernel_flash_attention_rule(case, dtype, impl):
@@ -123,7 +123,7 @@ def test_kernel_flash_attention_rule(case, dtype, impl):
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["wgmma", "wgmma_ws", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
+@pytest.mark.parametrize("impl", ["wgmma", "wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
 def test_wgmma_and_mma_kernels_agree(impl):
     _needs_wgmma(impl)
     q, k, v = _case(4096, 1000, 3000, 32, 8, 128, torch.bfloat16, seed=11)
@@ -138,7 +138,7 @@ def test_wgmma_and_mma_kernels_agree(impl):
 
 
 @requires_kernel("apb_attention")
-@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
+@pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows", "wgmma_pingpong_overlap", "auto"])
 def test_kernel_never_reads_hidden_keys(impl):
     _needs_wgmma(impl)
     """Keys the layout hides (passing for anchor rows, the causal future) are made NaN: a

@@ -76,16 +76,17 @@ cudaError_t apb_attention(const void* q, const void* k, const void* v, int64_t a
   if (impl != ApbImpl::kAuto && impl != ApbImpl::kMma && !wgmma_ok) return cudaErrorNotSupported;
   if (wgmma_ok && impl == ApbImpl::kWgmma)
     return bf16 ? launch_apb_wgmma<__nv_bfloat16>(p, stream) : launch_apb_wgmma<__half>(p, stream);
-  // auto = ping-pong: over two benchmark runs it averaged best on the 128K layout
-  // (bench/NOTES.md); the run-to-run spread (~5%) is as large as the gaps between schedules.
+  // auto = ping-pong + intra-warpgroup overlap: the best median on every 128K host measured
+  // with the schedules interleaved (bench/apb_schedules.py, 5 rounds; bench/NOTES.md); the
+  // spread within a run (10-25%) is larger than the gaps between schedules.
   if (wgmma_ok && impl == ApbImpl::kWgmmaWs)
     return bf16 ? launch_apb_ws<__nv_bfloat16, 0>(p, Tq, Tk, stream) : launch_apb_ws<__half, 0>(p, Tq, Tk, stream);
-  if (wgmma_ok && impl == ApbImpl::kWgmmaPingpongOverlap)
-    return bf16 ? launch_apb_ws<__nv_bfloat16, 3>(p, Tq, Tk, stream) : launch_apb_ws<__half, 3>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl == ApbImpl::kWgmmaPingpong)
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 1>(p, Tq, Tk, stream) : launch_apb_ws<__half, 1>(p, Tq, Tk, stream);
   if (wgmma_ok && impl == ApbImpl::kWgmmaPingpongWindows)
     return bf16 ? launch_apb_ws<__nv_bfloat16, 2>(p, Tq, Tk, stream) : launch_apb_ws<__half, 2>(p, Tq, Tk, stream);
-  if (wgmma_ok && impl != ApbImpl::kMma)  // auto, kWgmmaPingpong
-    return bf16 ? launch_apb_ws<__nv_bfloat16, 1>(p, Tq, Tk, stream) : launch_apb_ws<__half, 1>(p, Tq, Tk, stream);
+  if (wgmma_ok && impl != ApbImpl::kMma)  // auto, kWgmmaPingpongOverlap
+    return bf16 ? launch_apb_ws<__nv_bfloat16, 3>(p, Tq, Tk, stream) : launch_apb_ws<__half, 3>(p, Tq, Tk, stream);
   if (D == 128) return bf16 ? launch_apb<__nv_bfloat16, 128>(p, stream) : launch_apb<__half, 128>(p, stream);
   return bf16 ? launch_apb<__nv_bfloat16, 64>(p, stream) : launch_apb<__half, 64>(p, stream);
 }

@@ -98,12 +98,12 @@ namespace frspec {
 // k, v [passing_len + anchor_len + local_len, Hkv, D]; out like q; lse [Tq, Hq] fp32
 // (natural log). All contiguous, 16-byte aligned. D in {64, 128}, Hq % Hkv == 0,
 // any lengths (Tq < 2^23). impl: kAuto = the warp-specialised TMA + wgmma kernel with
-// ping-pong consumers (kWgmmaPingpong) on sm_90a builds running on compute capability 9.0
-// with D == 128, else mma.sync (kMma). Kept for measurement: kWgmma (every warp loads,
-// then computes), kWgmmaWs (producer warpgroup + TMA, consumers unsynchronised),
-// kWgmmaPingpongWindows (+ P V of tile j-1 issued with Q K^T of tile j),
-// kWgmmaPingpongOverlap (+ P V of tile j-1 issued after Q K^T of tile j and left running
-// under the softmax of tile j). A wgmma kind where unavailable returns cudaErrorNotSupported.
+// ping-pong consumers whose P V of tile j-1 runs under their softmax of tile j
+// (kWgmmaPingpongOverlap) on sm_90a builds running on compute capability 9.0 with D == 128,
+// else mma.sync (kMma). Kept for measurement: kWgmma (every warp loads, then computes),
+// kWgmmaWs (producer warpgroup + TMA, consumers unsynchronised), kWgmmaPingpong (consumers
+// take turns issuing), kWgmmaPingpongWindows (+ P V of tile j-1 issued with Q K^T of tile
+// j, both waited for). A wgmma kind where unavailable returns cudaErrorNotSupported.
 enum class ApbImpl : int {
   kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaWs = 3, kWgmmaPingpong = 4, kWgmmaPingpongWindows = 5, kWgmmaPingpongOverlap = 6
 };

@@ -83,9 +83,8 @@ def kernel_rows(device, quick=False) -> list[dict]:
                     timed["frspec wgmma ws"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma_ws")
                     timed["frspec wgmma pingpong+windows"] = lambda: apb_attention(
                         q, k, v, A, P, impl="wgmma_pingpong_windows")
-                    timed["frspec wgmma pingpong+overlap"] = lambda: apb_attention(
-                        q, k, v, A, P, impl="wgmma_pingpong_overlap")
-                    timed["frspec (auto = wgmma pingpong)"] = lambda: apb_attention(q, k, v, A, P)
+                    timed["frspec wgmma pingpong"] = lambda: apb_attention(q, k, v, A, P, impl="wgmma_pingpong")
+                    timed["frspec (auto = wgmma pingpong+overlap)"] = lambda: apb_attention(q, k, v, A, P)
             try:
                 timed["flex"] = _flex_call(q, k, v, A, P)
             except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
