@@ -223,21 +223,27 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<40>();
+    // K and V stream from two threads (warps 0 and 1), each on its own ring: a V stage is
+    // released later than its K stage (after P V; with kSched 3 only under the next
+    // tile's softmax), and one thread would hold the next K load back behind it.
     if (threadIdx.x == 0) {
       mbar_arrive_expect_tx(q_full, kWgTile);
       tma_load_2d(q_s, &tm_q, hq * D, q0, q_full);
       tma_load_2d(q_s + kWgSlab, &tm_q, hq * D + 64, q0, q_full);
+    }
+    if (threadIdx.x == 0 || threadIdx.x == 32) {
+      const bool is_k = threadIdx.x == 0;
+      const void* tm = is_k ? static_cast<const void*>(&tm_k) : static_cast<const void*>(&tm_v);
+      uint8_t* ring = is_k ? k_s : v_s;
+      uint64_t* full = is_k ? k_full : v_full;
+      uint64_t* empty = is_k ? k_empty : v_empty;
       for (int it = 0; it < n_tiles; ++it) {
         const int st = it & 1;
         const int k0 = kbeg + (n_tiles - 1 - it) * kApbWgKeys;
-        if (it >= 2) mbar_wait(&k_empty[st], ((it >> 1) - 1) & 1);
-        mbar_arrive_expect_tx(&k_full[st], kWgTile);
-        tma_load_2d(k_s + st * kWgTile, &tm_k, hk * D, k0, &k_full[st]);
-        tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, hk * D + 64, k0, &k_full[st]);
-        if (it >= 2) mbar_wait(&v_empty[st], ((it >> 1) - 1) & 1);
-        mbar_arrive_expect_tx(&v_full[st], kWgTile);
-        tma_load_2d(v_s + st * kWgTile, &tm_v, hk * D, k0, &v_full[st]);
-        tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, hk * D + 64, k0, &v_full[st]);
+        if (it >= 2) mbar_wait(&empty[st], ((it >> 1) - 1) & 1);
+        mbar_arrive_expect_tx(&full[st], kWgTile);
+        tma_load_2d(ring + st * kWgTile, tm, hk * D, k0, &full[st]);
+        tma_load_2d(ring + st * kWgTile + kWgSlab, tm, hk * D + 64, k0, &full[st]);
       }
     }
     return;

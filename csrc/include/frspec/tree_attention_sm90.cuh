@@ -90,18 +90,22 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<40>();
     const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
+    // K and V stream from two threads (warps 0 and 1), each on its own ring: a V stage is
+    // released later than its K stage (after P V; with kOverlap only under the next tile's
+    // softmax), and one thread would hold the next K load back behind it.
+    const bool is_k = threadIdx.x == 0, loader = threadIdx.x == 0 || threadIdx.x == 32;
+    const void* tm = is_k ? static_cast<const void*>(&tm_k) : static_cast<const void*>(&tm_v);
+    uint8_t* ring = is_k ? k_s : v_s;
+    uint64_t* full = is_k ? k_full : v_full;
+    uint64_t* empty = is_k ? k_empty : v_empty;
     auto issue_tile = [&](int it) {
       const int st = it % kStages;
       const uint32_t parity = ((it / kStages) - 1) & 1;  // of the consumers' release of this stage
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
-      if (it >= kStages) mbar_wait(&k_empty[st], parity);
-      mbar_arrive_expect_tx(&k_full[st], kWgTile);
-      tma_load_2d(k_s + st * kWgTile, &tm_k, h * D, row0 + k0, &k_full[st]);
-      tma_load_2d(k_s + st * kWgTile + kWgSlab, &tm_k, h * D + 64, row0 + k0, &k_full[st]);
-      if (it >= kStages) mbar_wait(&v_empty[st], parity);
-      mbar_arrive_expect_tx(&v_full[st], kWgTile);
-      tma_load_2d(v_s + st * kWgTile, &tm_v, h * D, row0 + k0, &v_full[st]);
-      tma_load_2d(v_s + st * kWgTile + kWgSlab, &tm_v, h * D + 64, row0 + k0, &v_full[st]);
+      if (it >= kStages) mbar_wait(&empty[st], parity);
+      mbar_arrive_expect_tx(&full[st], kWgTile);
+      tma_load_2d(ring + st * kWgTile, tm, h * D, row0 + k0, &full[st]);
+      tma_load_2d(ring + st * kWgTile + kWgSlab, tm, h * D + 64, row0 + k0, &full[st]);
     };
     // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
     const int r = r0 + static_cast<int>(threadIdx.x);
@@ -113,12 +117,12 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
     cp_async_commit();
     // The first stages' K/V loads go out while Q is in flight (they wait for nothing).
-    if (threadIdx.x == 0)
+    if (loader)
       for (int it = 0; it < min(kStages, n_tiles); ++it) issue_tile(it);
     cp_async_wait<0>();
     fence_proxy_async_smem();
     mbar_arrive(q_full);
-    if (threadIdx.x == 0)
+    if (loader)
       for (int it = kStages; it < n_tiles; ++it) issue_tile(it);
     __syncwarp();
     if (p.cluster > 1) {  // no thread may leave before the cluster's two barriers
