@@ -22,40 +22,28 @@ constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
 constexpr int kTwKeys = 128;  // keys per tile
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
-constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per merge row: 128 values, the LSE, padding to 16 B
+constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
 constexpr size_t tw_smem_bytes(int stages) { return (1 + 2 * size_t(stages)) * kWgTile + 1024 + 128; }
-// Cluster merge in the (then free) Q + K/V area: the staged rows at 0, the slots for the
-// incoming rows (n x ceil(valid / n) <= kTwRows + kTwMaxCluster rows) after them.
-constexpr size_t kTwMergeSlotsOffset = size_t(kTwRows) * kTwMergeStride * 4;
-static_assert(kTwMergeSlotsOffset + size_t(kTwRows + kTwMaxCluster) * kTwMergeStride * 4 <= 5 * size_t(kWgTile),
-              "merge buffers > Q + K/V ring");
+// merge slots: n x ceil(valid / n) <= kTwRows + kTwMaxCluster rows, each with an LSE
+static_assert(size_t(kTwRows + kTwMaxCluster) * (kTwMergeStride + 1) * 4 <= 4 * size_t(kWgTile), "merge slots > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
-// Shared-memory address (shared::cta window) -> the same offset in CTA `rank`'s memory
-// (shared::cluster window).
-__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
-  uint32_t out;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(addr), "r"(rank));
-  return out;
-}
-// Bulk copy of `bytes` (multiple of 16) from this CTA's shared memory into a cluster peer's,
-// completion counted in bytes on the peer's mbarrier `bar` (both shared::cluster addresses).
-__device__ __forceinline__ void bulk_copy_to_cluster(uint32_t dst, uint32_t src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   dst),
-               "r"(src), "r"(bytes), "r"(bar)
-               : "memory");
 }
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
   return r;
 }
+// Address of the same shared-memory variable in CTA `rank` of this cluster.
+template <typename V>
+__device__ __forceinline__ V* cluster_map(V* p, uint32_t rank) {
+  uint64_t out;
+  asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+  return reinterpret_cast<V*>(out);
+}
+
 template <typename T, int kStages, bool kOverlap>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -73,7 +61,6 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   uint64_t* v_full = bars + 1 + kStages;       // [kStages]
   uint64_t* k_empty = bars + 1 + 2 * kStages;  // [kStages]
   uint64_t* v_empty = bars + 1 + 3 * kStages;  // [kStages]
-  uint64_t* merge_full = bars + 1 + 4 * kStages;
 
   const int wg = threadIdx.x / 128;
   const int split = blockIdx.x % p.splits, row_tile = blockIdx.x / p.splits;  // a cluster: one row tile's splits
@@ -82,19 +69,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   const int consumers = rows - r0 > 64 ? 2 : 1;  // a warpgroup with no valid row sits out
 
   pdl_wait();  // cache_len, q and the cache may come from the previous kernel
-  const int prefix = p.cache_len[b];  // (its latency overlaps the Q copy and the barrier setup)
-  if (wg == 0) {  // Q first: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G)
-    const int r = r0 + static_cast<int>(threadIdx.x);
-    const bool ok = r < rows;
-    const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
-    const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
-#pragma unroll
-    for (int chunk = 0; chunk < 16; ++chunk)
-      cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
-    cp_async_commit();
-  }
+  const int prefix = p.cache_len[b];  // (its latency overlaps the barrier setup)
   if (threadIdx.x == 0) {
-    mbar_init(merge_full, 1);  // cluster merge: this CTA's own arrival + the bytes of its incoming rows
     mbar_init(q_full, 128);  // every producer thread, after its Q rows landed
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
@@ -131,6 +107,15 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       tma_load_2d(ring + st * kWgTile, tm, h * D, row0 + k0, &full[st]);
       tma_load_2d(ring + st * kWgTile + kWgSlab, tm, h * D + 64, row0 + k0, &full[st]);
     };
+    // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
+    const int r = r0 + static_cast<int>(threadIdx.x);
+    const bool ok = r < rows;
+    const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
+    const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
+#pragma unroll
+    for (int chunk = 0; chunk < 16; ++chunk)
+      cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
+    cp_async_commit();
     // The first stages' K/V loads go out while Q is in flight (they wait for nothing).
     if (loader)
       for (int it = 0; it < min(kStages, n_tiles); ++it) issue_tile(it);
@@ -286,43 +271,28 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   };
   if (p.cluster > 1) {
     // The cluster's CTAs are this row tile's splits (rank = split). Rows are dealt out to
-    // owners (`per` each). Every CTA stages its normalised rows (LSE in the row's padding)
-    // in its own shared memory; one thread then sends each owner its block with a bulk
-    // copy into the owner's slot for this split (the TMA engine moves it over the cluster
-    // network; ~4x faster than per-thread remote stores, measured), counted on the
-    // owner's mbarrier; each owner merges its rows locally.
+    // owners (`per` each); every CTA pushes its normalised rows and LSEs into the owners'
+    // shared memory (remote stores: their latency overlaps), then each owner merges its
+    // rows from local memory. The K/V ring holds the slots once every CTA is done with it.
     const int n = p.cluster, rank = static_cast<int>(cluster_rank());
     const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
-    const int mine = max(0, min(valid - rank * per, per));
-    constexpr uint32_t kRowBytes = kTwMergeStride * 4;
-    float* stage = reinterpret_cast<float*>(smem);                          // [kTwRows][kTwMergeStride]
-    float* slots = reinterpret_cast<float*>(smem + kTwMergeSlotsOffset);    // [n][per][kTwMergeStride]
-    named_bar_sync(3, 256);  // both consumers are done with Q and the K/V ring
+    float* mo = reinterpret_cast<float*>(k_s);           // [n][per][kTwMergeStride]
+    float* ml = mo + n * per * kTwMergeStride;           // [n][per]
+    cluster_arrive_wait();  // every CTA of the cluster is done with its K/V ring
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int lr = lrow + 8 * e;
       if (!active || lr >= valid) continue;
-      float* dst = stage + lr * kTwMergeStride;
+      const int owner = lr / per, slot = rank * per + lr % per;
+      float* dst = cluster_map(mo + slot * kTwMergeStride, owner);
 #pragma unroll
       for (int jb = 0; jb < 16; ++jb)
         *reinterpret_cast<float2*>(dst + jb * 8 + 2 * tig) =
             make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) dst[D] = lse[e];
+      if (tig == 0) *cluster_map(ml + slot, owner) = lse[e];
     }
-    fence_proxy_async_smem();  // the staged rows -> visible to the bulk copies
-    cluster_arrive_wait();     // #1: all staged; every CTA is done with its K/V ring (the slots)
-    if (threadIdx.x == 128) {
-      if (mine > 0) mbar_arrive_expect_tx(merge_full, n * mine * kRowBytes);
-      for (int ow = 0; ow < n; ++ow) {
-        const int count = min(per, valid - ow * per);
-        if (count <= 0) break;
-        bulk_copy_to_cluster(mapa_shared(smem_addr(slots + rank * per * kTwMergeStride), ow),
-                             smem_addr(stage + ow * per * kTwMergeStride), count * kRowBytes,
-                             mapa_shared(smem_addr(merge_full), ow));
-      }
-    }
-    if (mine > 0) mbar_wait(merge_full, 0);
-    cluster_arrive();  // #2: everything bound for this CTA has landed (so its sources were read)
+    cluster_arrive_wait();  // all rows pushed; from here each CTA reads only its own memory
+    const int lr_beg = rank * per, mine = max(0, min(valid - lr_beg, per));
     for (int t = threadIdx.x - 128; t < mine * (D / 4); t += 256) {
       const int i = t / (D / 4), d = (t % (D / 4)) * 4;
       float ls[kTwMaxCluster];
@@ -330,7 +300,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 #pragma unroll
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n) {
-          ls[s] = slots[(s * per + i) * kTwMergeStride + D];
+          ls[s] = ml[s * per + i];
           M = fmaxf(M, ls[s]);
         }
       float L = 0.f;
@@ -339,17 +309,16 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n && ls[s] != -INFINITY) {
           const float w = __expf(ls[s] - M);
-          const float4 x = *reinterpret_cast<const float4*>(slots + (s * per + i) * kTwMergeStride + d);
+          const float4 x = *reinterpret_cast<const float4*>(mo + (s * per + i) * kTwMergeStride + d);
           L += w;
           O.x += w * x.x, O.y += w * x.y, O.z += w * x.z, O.w += w * x.w;
         }
       const float il = L > 0.f ? 1.f / L : 0.f;
-      const int64_t row = out_row(r0 + rank * per + i);
+      const int64_t row = out_row(r0 + lr_beg + i);
       T* out = static_cast<T*>(p.out) + row * D + d;
       *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
       if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
     }
-    cluster_wait();  // every CTA received its rows: nothing reads this CTA's staging any more
     return;
   }
   if (!active) return;
