@@ -7,8 +7,9 @@
 // rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work; with kOverlap a consumer's P V of tile j-1 also runs under its
 // own softmax of tile j (FlashAttention-3's intra-warpgroup overlap). Splits of one row tile
-// merge through distributed shared memory when they form a cluster (<= 8), else they write
-// fp32 partials for the merge kernel.
+// merge through distributed shared memory when they form a cluster (<= 8; each CTA reads
+// its share of the rows from every split), else they write fp32 partials for the merge
+// kernel.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (the type only)
@@ -25,8 +26,7 @@ constexpr int kTwMaxCluster = 8;
 constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
 constexpr size_t tw_smem_bytes(int stages) { return (1 + 2 * size_t(stages)) * kWgTile + 1024 + 128; }
-// merge slots: n x ceil(valid / n) <= kTwRows + kTwMaxCluster rows, each with an LSE
-static_assert(size_t(kTwRows + kTwMaxCluster) * (kTwMergeStride + 1) * 4 <= 4 * size_t(kWgTile), "merge slots > K/V ring");
+static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * size_t(kWgTile), "merge buffer > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
@@ -270,37 +270,32 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
   };
   if (p.cluster > 1) {
-    // The cluster's CTAs are this row tile's splits (rank = split). Rows are dealt out to
-    // owners (`per` each); every CTA pushes its normalised rows and LSEs into the owners'
-    // shared memory (remote stores: their latency overlaps), then each owner merges its
-    // rows from local memory. The K/V ring holds the slots once every CTA is done with it.
-    const int n = p.cluster, rank = static_cast<int>(cluster_rank());
-    const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
-    float* mo = reinterpret_cast<float*>(k_s);           // [n][per][kTwMergeStride]
-    float* ml = mo + n * per * kTwMergeStride;           // [n][per]
-    cluster_arrive_wait();  // every CTA of the cluster is done with its K/V ring
+    // Every split's normalised rows go to its shared memory (the K/V ring is free once
+    // both consumers are done), then each CTA of the cluster merges a share of the rows.
+    float* mo = reinterpret_cast<float*>(k_s);  // [kTwRows][kTwMergeStride]
+    float* ml = mo + kTwRows * kTwMergeStride;  // [kTwRows]
+    named_bar_sync(3, 256);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int lr = lrow + 8 * e;
-      if (!active || lr >= valid) continue;
-      const int owner = lr / per, slot = rank * per + lr % per;
-      float* dst = cluster_map(mo + slot * kTwMergeStride, owner);
+      float* dst = mo + (lrow + 8 * e) * kTwMergeStride;
 #pragma unroll
       for (int jb = 0; jb < 16; ++jb)
         *reinterpret_cast<float2*>(dst + jb * 8 + 2 * tig) =
             make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) *cluster_map(ml + slot, owner) = lse[e];
+      if (tig == 0) ml[lrow + 8 * e] = lse[e];
     }
-    cluster_arrive_wait();  // all rows pushed; from here each CTA reads only its own memory
-    const int lr_beg = rank * per, mine = max(0, min(valid - lr_beg, per));
-    for (int t = threadIdx.x - 128; t < mine * (D / 4); t += 256) {
-      const int i = t / (D / 4), d = (t % (D / 4)) * 4;
+    cluster_arrive_wait();  // every split's rows are in its shared memory
+    const int n = p.cluster, rank = static_cast<int>(cluster_rank());
+    const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
+    const int lr_beg = rank * per, lr_end = min(valid, lr_beg + per);
+    for (int t = threadIdx.x - 128; t < (lr_end - lr_beg) * (D / 4); t += 256) {
+      const int lr = lr_beg + t / (D / 4), d = (t % (D / 4)) * 4;
       float ls[kTwMaxCluster];
       float M = -INFINITY;
 #pragma unroll
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n) {
-          ls[s] = ml[s * per + i];
+          ls[s] = *cluster_map(ml + lr, s);
           M = fmaxf(M, ls[s]);
         }
       float L = 0.f;
@@ -309,16 +304,17 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       for (int s = 0; s < kTwMaxCluster; ++s)
         if (s < n && ls[s] != -INFINITY) {
           const float w = __expf(ls[s] - M);
-          const float4 x = *reinterpret_cast<const float4*>(mo + (s * per + i) * kTwMergeStride + d);
+          const float4 x = *cluster_map(reinterpret_cast<const float4*>(mo + lr * kTwMergeStride + d), s);
           L += w;
           O.x += w * x.x, O.y += w * x.y, O.z += w * x.z, O.w += w * x.w;
         }
       const float il = L > 0.f ? 1.f / L : 0.f;
-      const int64_t row = out_row(r0 + lr_beg + i);
+      const int64_t row = out_row(r0 + lr);
       T* out = static_cast<T*>(p.out) + row * D + d;
       *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
       if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
     }
+    cluster_arrive_wait();  // no CTA leaves while another may still read its shared memory
     return;
   }
   if (!active) return;

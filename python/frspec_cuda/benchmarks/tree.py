@@ -89,7 +89,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     rows = []
     configs = [(B, N, p) for B in (1, 4) for N in (16, 60, 128) for p in (1024, 4096, 32768)]
     if quick:
-        configs = [(1, 16, 32768), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768)]
+        configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768)]
     for B, N, prefix in configs:
         L = prefix + N
         kv_bytes = 2 * B * L * HKV * D * 2 + 2 * B * N * HQ * D * 2
