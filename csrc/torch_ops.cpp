@@ -282,6 +282,9 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   check_shape(cache_len, {B}, "cache_len");
   check_dtype(mask, at::kLong, "mask");
   check_shape(mask, {B, N, (N + 63) / 64}, "mask");
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, name,
+                " must start at a 16-byte aligned address (a view at an odd offset? .clone() it)");
   TORCH_CHECK(impl >= 0 && impl <= 3, "tree_attention impl must be 0 (auto), 1 (mma), 2 (wgmma) or 3 (wgmma_serial), got ",
               impl);
   TORCH_CHECK(B <= 65535 && Hkv <= 65535, "batch (", B, ") and kv_heads (", Hkv, ") must be <= 65535");

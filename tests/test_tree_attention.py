@@ -138,6 +138,10 @@ def test_kernel_rejects_bad_inputs():
         tree.tree_attention(q, k, v, cl + 100, mask)
     with pytest.raises(RuntimeError, match="impl must be"):
         op(q, k, v, cl, mask, 1.0, 0, 7)
+    q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)[1:].view(q.shape)  # contiguous, 2-byte offset
+    q_odd.copy_(q)
+    with pytest.raises(RuntimeError, match="q must start at a 16-byte aligned address"):
+        op(q_odd, k, v, cl, mask, 1.0, 0)
     with pytest.raises(ValueError, match="impl must be one of"):
         tree.tree_attention(q, k, v, cl, mask, impl="fast")
     with pytest.raises(RuntimeError, match="not supported"):  # the wgmma kernel is head_dim 128 only
