@@ -2,8 +2,8 @@
 // warp-specialised APB kernel (apb_attention_sm90.cuh) over tree_attention_kernel's work
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
 // of consecutive nodes, so one K/V tile serves all of them -- and one split of the keys.
-// Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), one thread
-// streams 128-key K/V tiles through a kStages-deep TMA ring. Warpgroups 1 and 2 each own 64
+// Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), two threads
+// stream the 128-key K and V tiles through kStages-deep TMA rings. Warpgroups 1 and 2 each own 64
 // rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work; with kOverlap a consumer's P V of tile j-1 also runs under its
 // own softmax of tile j (FlashAttention-3's intra-warpgroup overlap). Splits of one row tile
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
         *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kWgSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async_smem();
-      named_bar_sync(4, 128 * consumers);  // (not 1, 2: the ping-pong's)
+      named_bar_sync(4, 128 * consumers);  // (1, 2: the ping-pong; 3: the epilogue, where an idle warpgroup may wait)
     }
     const bool pingpong = consumers == 2;
     if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
