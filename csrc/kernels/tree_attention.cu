@@ -22,6 +22,8 @@ static int num_sms() {
 // One-node trees with few query heads per KV head take tree_decode_kernel.
 static bool uses_decode_kernel(int64_t N, int64_t Hq, int64_t Hkv) { return N == 1 && Hq / Hkv <= kTdMaxG; }
 
+static bool is_wgmma(TreeAttnImpl impl) { return impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaSerial; }
+
 // The kernel an impl request resolves to: kMma or kWgmma, kAuto if the request cannot be met.
 static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                                  int64_t L_max) {
@@ -31,7 +33,7 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 #else
   const bool wgmma_ok = false;
 #endif
-  if (impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaSerial) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
+  if (is_wgmma(impl)) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
   if (impl == TreeAttnImpl::kMma) return impl;
   // wgmma measured faster on every multi-node shape of the benchmark (H100, 2026-11-25),
   // N = 16 included; one-node trees keep the decode kernel.
@@ -75,16 +77,15 @@ static int ctas_per_sm() {
 }
 
 // Whether `ctas` thread-block clusters of `size` CTAs of the wgmma kernel run all at once.
-static bool ws_clusters_fit(int64_t ctas, int size, DType dtype) {
-  const int n = dtype == DType::kBFloat16 ? ws_max_active_clusters<__nv_bfloat16, 2>(size)
-                                         : ws_max_active_clusters<__half, 2>(size);
-  return ctas <= n;
+template <typename T>
+static bool ws_clusters_fit(int64_t ctas, int size) {
+  return ctas <= ws_max_active_clusters<T, 2>(size);
 }
 
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
-  const bool ws = impl == TreeAttnImpl::kWgmma || impl == TreeAttnImpl::kWgmmaSerial;
+  const bool ws = is_wgmma(impl);
   const int64_t key_tile = ws ? kTwKeys : kTaKeys;
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
@@ -98,7 +99,8 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
     const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kTwMaxCluster}));
     int s = static_cast<int>(want);
-    while (s > 1 && !ws_clusters_fit(ctas, s, dtype)) --s;
+    const bool bf16 = dtype == DType::kBFloat16;
+    while (s > 1 && !(bf16 ? ws_clusters_fit<__nv_bfloat16>(ctas, s) : ws_clusters_fit<__half>(ctas, s))) --s;
     if (s < want && max_tiles >= 16 * want) return static_cast<int>(want);
     return std::max(s, 1);
   }
@@ -127,6 +129,15 @@ size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int6
   return static_cast<size_t>(splits * B * N * Hq) * (D + 1) * sizeof(float);
 }
 
+// The split partials (part_out / part_lse) merged into out / lse.
+template <typename T>
+static cudaError_t launch_merge(const TreeAttnParams& p, int D, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
+  return launch_kernel(tree_attention_merge_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kMergeWarps))),
+                       dim3(kMergeWarps * 32), 0, stream, p.part_out, p.part_lse, p.splits, rows, D,
+                       static_cast<T*>(p.out), p.lse);
+}
+
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
@@ -144,12 +155,7 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
     FRSPEC_RETURN_IF_ERROR(launch_kernel(tree_attention_kernel<T, D>, grid, dim3(kTaThreads), smem, stream, p));
   }
   FRSPEC_RETURN_IF_ERROR(cudaGetLastError());
-  if (p.splits > 1) {
-    const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
-    return launch_kernel(tree_attention_merge_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kMergeWarps))),
-                         dim3(kMergeWarps * 32), 0, stream, p.part_out, p.part_lse, p.splits, rows, D,
-                         static_cast<T*>(p.out), p.lse);
-  }
+  if (p.splits > 1) return launch_merge<T>(p, D, stream);
   return cudaGetLastError();
 }
 
@@ -169,18 +175,13 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   const bool cluster_ok = cluster_env == nullptr || std::strcmp(cluster_env, "0") != 0;
   const int64_t ctas = int64_t(p.row_tiles) * p.Hkv * p.B;
   p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster &&
-                      ws_clusters_fit(ctas, p.splits, bf16 ? DType::kBFloat16 : DType::kFloat16)
+                      ws_clusters_fit<T>(ctas, p.splits)
                   ? p.splits
                   : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
   FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));
-  if (p.splits > 1 && !p.cluster) {
-    const int64_t rows = static_cast<int64_t>(p.B) * p.N * p.Hq;
-    return launch_kernel(tree_attention_merge_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kMergeWarps))),
-                         dim3(kMergeWarps * 32), 0, stream, p.part_out, p.part_lse, p.splits, rows, 128,
-                         static_cast<T*>(p.out), p.lse);
-  }
+  if (p.splits > 1 && !p.cluster) return launch_merge<T>(p, 128, stream);
   return cudaGetLastError();
 }
 
@@ -204,13 +205,11 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   const bool bf16 = dtype == DType::kBFloat16;
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
   if (impl == TreeAttnImpl::kAuto) return cudaErrorNotSupported;  // wgmma requested, not available
-  if (impl == TreeAttnImpl::kWgmma) {
+  if (is_wgmma(impl)) {
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
+    if (impl == TreeAttnImpl::kWgmmaSerial)
+      return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
     return bf16 ? launch_ws<__nv_bfloat16, 2, true>(p, stream) : launch_ws<__half, 2, true>(p, stream);
-  }
-  if (impl == TreeAttnImpl::kWgmmaSerial) {
-    if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
-    return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
   }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);

@@ -101,16 +101,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
 
     // S = Q K^T for this warpgroup's 64 rows x 128 keys.
     float s[64];
-    wgmma_fence();
-    wgmma_fence_operands(s);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int slab = kk / 4, off = (kk % 4) * 32;
-      const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + wg * 64 * 128 + off, 16, 1024);
-      const uint64_t db = wgmma_desc(k_s + buf * kWgTile + slab * kWgSlab + off, 16, 1024);
-      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
-    }
-    wgmma_commit();
+    wg_issue_qk<T>(s, q_s, wg * 64 * 128, k_s + buf * kWgTile);
     wgmma_wait<0>();
     wgmma_fence_operands(s);
 
@@ -151,14 +142,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
     // O += P V, 16 keys per step; V is the transposed (MN-major) B operand.
     uint32_t pf[8][4];
     wg_pack_p<T>(s, pf);
-    wgmma_fence();
-    wgmma_fence_operands(o);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t db = wgmma_desc(v_s + buf * kWgTile + kk * 16 * 128, kWgSlab, 1024);
-      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
-    }
-    wgmma_commit();
+    wg_issue_pv<T>(o, pf, v_s + buf * kWgTile);
     wgmma_wait<0>();
     wgmma_fence_operands(o);
     __syncthreads();  // both warpgroups are done with this stage before it is refilled
@@ -269,16 +253,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   uint32_t pf[8][4];
   int prev_st = 0;
   uint32_t prev_parity = 0;
-  auto issue_pv = [&](int stage) {
-    wgmma_fence();
-    wgmma_fence_operands(o);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t db = wgmma_desc(v_s + stage * kWgTile + kk * 16 * 128, kWgSlab, 1024);
-      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
-    }
-    wgmma_commit();
-  };
+  auto issue_pv = [&](int stage) { wg_issue_pv<T>(o, pf, v_s + stage * kWgTile); };
 
   for (int it = 0; it < n_tiles; ++it) {
     const int st = it & 1;
@@ -291,16 +266,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
       issue_pv(prev_st);
     }
     float s[64];
-    wgmma_fence();
-    wgmma_fence_operands(s);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int slab = kk / 4, off = (kk % 4) * 32;
-      const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + c * 64 * 128 + off, 16, 1024);
-      const uint64_t db = wgmma_desc(k_s + st * kWgTile + slab * kWgSlab + off, 16, 1024);
-      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
-    }
-    wgmma_commit();
+    wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kWgTile);
     const bool other_turn = kSched > 0 && !(c == 1 && it == n_tiles - 1);
     // (one branch per path: ptxas serialises wgmma where it cannot see which groups are done)
     if (kSched == 3 && it > 0) {

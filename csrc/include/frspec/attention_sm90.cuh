@@ -25,6 +25,37 @@ __device__ __forceinline__ void wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk
   }
 }
 
+// S = Q K^T for one warpgroup: its 64 rows of the swizzled Q tile (starting `q_row_bytes`
+// into each slab) x one 128-key K tile, D = 128, issued as one committed wgmma group (not
+// waited for).
+template <typename T>
+__device__ __forceinline__ void wg_issue_qk(float (&s)[64], const uint8_t* q_s, int q_row_bytes, const uint8_t* k_tile) {
+  wgmma_fence();
+  wgmma_fence_operands(s);
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    const int slab = kk / 4, off = (kk % 4) * 32;
+    const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + q_row_bytes + off, 16, 1024);
+    const uint64_t db = wgmma_desc(k_tile + slab * kWgSlab + off, 16, 1024);
+    wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// O += P V for one warpgroup over one 128-key V tile, 16 keys per step; P from registers
+// (wg_pack_p), V the transposed (MN-major) operand. One committed group, not waited for.
+template <typename T>
+__device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)[8][4], const uint8_t* v_tile) {
+  wgmma_fence();
+  wgmma_fence_operands(o);
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    const uint64_t db = wgmma_desc(v_tile + kk * 16 * 128, kWgSlab, 1024);
+    wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
+  }
+  wgmma_commit();
+}
+
 // o *= alpha per row (the online-softmax rescale).
 __device__ __forceinline__ void wg_rescale(float (&o)[64], const float (&alpha)[2]) {
 #pragma unroll

@@ -169,16 +169,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     uint32_t pf[8][4];
     int prev_st = 0;
     uint32_t prev_parity = 0;
-    auto issue_pv = [&](int stage) {  // O += P V, 16 keys per step; V is the transposed (MN-major) operand
-      wgmma_fence();
-      wgmma_fence_operands(o);
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const uint64_t db = wgmma_desc(v_s + stage * kWgTile + kk * 16 * 128, kWgSlab, 1024);
-        wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
-      }
-      wgmma_commit();
-    };
+    auto issue_pv = [&](int stage) { wg_issue_pv<T>(o, pf, v_s + stage * kWgTile); };
     for (int it = 0; it < n_tiles; ++it) {
       const int st = it % kStages;
       const uint32_t parity = (it / kStages) & 1;
@@ -186,16 +177,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       mbar_wait(&k_full[st], parity);
       if (pingpong) named_bar_sync(1 + c, 256);
       float s[64];
-      wgmma_fence();
-      wgmma_fence_operands(s);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const int slab = kk / 4, off = (kk % 4) * 32;
-        const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + c * 64 * 128 + off, 16, 1024);
-        const uint64_t db = wgmma_desc(k_s + st * kWgTile + slab * kWgSlab + off, 16, 1024);
-        wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
-      }
-      wgmma_commit();
+      wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kWgTile);
       const bool other_turn = pingpong && !(c == 1 && it == n_tiles - 1);
       // kOverlap: tile j-1's P V goes out behind this Q K^T and runs under this tile's
       // softmax (one branch per path: ptxas serialises wgmma where it cannot tell which
