@@ -1,7 +1,7 @@
 """The APB wgmma schedules head to head: each round times every schedule once (interleaved,
 so clock and thermal drift hit all alike), medians over the rounds, in TFLOP/s of useful
 work and % of the bf16 matmul peak measured in the same run; Flex once per shape.
-python bench/apb_schedules.py [rounds]"""
+python bench/apb_schedules.py [rounds] [schedule,schedule,...]"""
 import statistics
 import sys
 
@@ -14,7 +14,8 @@ from frspec_cuda.benchmarks.tree import matmul_tflops
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 dev = torch.device("cuda")
-SCHEDULES = ["wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows", "wgmma_pingpong_overlap"]
+SCHEDULES = (sys.argv[2].split(",") if len(sys.argv) > 2 else
+             ["wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows", "wgmma_pingpong_overlap"])
 peak = matmul_tflops(dev)
 print(f"bf16 matmul peak {peak:.1f} TF/s; medians of {rounds} interleaved rounds")
 g = torch.Generator(device=dev).manual_seed(0)

@@ -127,13 +127,13 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float ref = mx == -INFINITY ? 0.f : mx;
-      alpha[e] = exp2f(m[e] - ref);
+      alpha[e] = fast_exp2(m[e] - ref);
       m[e] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int jb = 0; jb < 16; ++jb) {
-        s[4 * jb + 2 * e] = exp2f(s[4 * jb + 2 * e] - ref);
-        s[4 * jb + 2 * e + 1] = exp2f(s[4 * jb + 2 * e + 1] - ref);
+        s[4 * jb + 2 * e] = fast_exp2(s[4 * jb + 2 * e] - ref);
+        s[4 * jb + 2 * e + 1] = fast_exp2(s[4 * jb + 2 * e + 1] - ref);
         sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
       }
       l[e] = l[e] * alpha[e] + sum;

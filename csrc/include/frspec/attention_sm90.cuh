@@ -94,13 +94,13 @@ __device__ __forceinline__ void wg_online_softmax_fma(float (&s)[64], float (&m)
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m[e], mx * scale_log2);
     const float ref = m_new == -INFINITY ? 0.f : m_new;
-    alpha[e] = exp2f(m[e] - ref);
+    alpha[e] = fast_exp2(m[e] - ref);
     m[e] = m_new;
     float sum = 0.f;
 #pragma unroll
     for (int jb = 0; jb < 16; ++jb) {
-      s[4 * jb + 2 * e] = exp2f(fmaf(s[4 * jb + 2 * e], scale_log2, -ref));
-      s[4 * jb + 2 * e + 1] = exp2f(fmaf(s[4 * jb + 2 * e + 1], scale_log2, -ref));
+      s[4 * jb + 2 * e] = fast_exp2(fmaf(s[4 * jb + 2 * e], scale_log2, -ref));
+      s[4 * jb + 2 * e + 1] = fast_exp2(fmaf(s[4 * jb + 2 * e + 1], scale_log2, -ref));
       sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];
     }
     l[e] = l[e] * alpha[e] + sum;

@@ -72,6 +72,16 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// 2^x on the special-function unit with denormals flushed to zero (ex2.approx.ftz). Plain
+// exp2f (no fast-math) is the same instruction wrapped in a denormal fix-up, several more
+// instructions per call, which the softmax loops pay for every score; the only difference
+// is for results below 2^-126, which become 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Whether launch_kernel() asks for PDL: on by default, FRSPEC_PDL=0 turns it off, and
 // set_pdl_enabled() flips it (benchmarks compare both). Defined in csrc/kernels/launch.cu.
 bool pdl_enabled();

@@ -105,13 +105,13 @@ __device__ __forceinline__ void online_softmax_pv_tile(float (&s)[kKeys / 8][4],
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float ref = mx == -INFINITY ? 0.f : mx;  // all masked so far: avoid inf - inf
-    alpha[e] = exp2f(m[e] - ref);
+    alpha[e] = fast_exp2(m[e] - ref);
     m[e] = mx;
     float sum = 0.f;
 #pragma unroll
     for (int nt = 0; nt < kKeys / 8; ++nt) {
-      s[nt][2 * e] = exp2f(s[nt][2 * e] - ref);
-      s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - ref);
+      s[nt][2 * e] = fast_exp2(s[nt][2 * e] - ref);
+      s[nt][2 * e + 1] = fast_exp2(s[nt][2 * e + 1] - ref);
       sum += s[nt][2 * e] + s[nt][2 * e + 1];
     }
     l[e] = l[e] * alpha[e] + sum;  // quad-partial; reduced at the end

@@ -255,13 +255,13 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
         sc[u] = j0 + u < kend ? d : -INFINITY;
         mx = fmaxf(mx, sc[u]);
       }
-      const float corr = exp2f(m[g] - mx);  // m = -inf before the first key: 0, and o, l are 0
+      const float corr = fast_exp2(m[g] - mx);  // m = -inf before the first key: 0, and o, l are 0
       l[g] *= corr;
 #pragma unroll
       for (int i = 0; i < VD; ++i) o[g][i] *= corr;
 #pragma unroll
       for (int u = 0; u < kTdUnroll; ++u) {
-        const float pu = exp2f(sc[u] - mx);
+        const float pu = fast_exp2(sc[u] - mx);
         l[g] += pu;
 #pragma unroll
         for (int i = 0; i < VD; ++i) o[g][i] += pu * to_float(vr[u].v[i]);
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
     float L = 0.f, O = 0.f;
 #pragma unroll
     for (int w = 0; w < kTdWarps; ++w) {
-      const float c = sm_m[w][g] == -INFINITY ? 0.f : exp2f(sm_m[w][g] - M);
+      const float c = sm_m[w][g] == -INFINITY ? 0.f : fast_exp2(sm_m[w][g] - M);
       L += sm_l[w][g] * c;
       O += sm_o[w][g][d] * c;
     }

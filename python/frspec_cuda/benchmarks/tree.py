@@ -107,7 +107,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 timed["frspec wgmma serial"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma_serial",
                                                                              validate=False)
                 if B == 1 and N in (16, 60) and prefix >= 4096:  # how the split count trades
-                    for sp in (4, 6, 8, 16):
+                    for sp in (4, 6, 7, 8, 16):
                         timed[f"frspec wgmma, {sp} splits"] = lambda i, sp=sp: tree.tree_attention(
                             *sets[i % n], impl="wgmma", num_splits=sp, validate=False)
                     for sp in (6, 8):

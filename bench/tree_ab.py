@@ -1,0 +1,39 @@
+"""Tree attention A/B over an environment knob read at launch (e.g. FRSPEC_TREE_CLUSTER), or
+over implementations (VAR = impl):
+each round times every value once per shape (interleaved, so clock drift hits all alike),
+GPU time from CUDA-graph replays over L2-cold rotating input sets; medians over rounds.
+python bench/tree_ab.py VAR|impl value,value,... [rounds] [impl]"""
+import os
+import statistics
+import sys
+
+import torch
+
+from frspec_cuda import tree
+from frspec_cuda.benchmarks.timing import graph_time_us, n_sets
+from frspec_cuda.benchmarks.tree import D, HKV, HQ, _case
+
+var, values = sys.argv[1], sys.argv[2].split(",")
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+impl = sys.argv[4] if len(sys.argv) > 4 else "auto"
+dev = torch.device("cuda")
+g = torch.Generator(device=dev).manual_seed(0)
+print(f"{var} in {values}, impl {impl}, medians of {rounds} interleaved rounds (us)")
+for B, N, prefix in ((1, 60, 1024), (1, 60, 4096), (1, 16, 4096), (1, 60, 32768), (1, 16, 32768), (4, 60, 4096),
+                     (4, 128, 32768)):
+    L = prefix + N
+    n = n_sets(2 * B * L * HKV * D * 2, dev)
+    sets = [_case(B, N, prefix, dev, g) for _ in range(n)]
+    times = {v: [] for v in values}
+    for _ in range(rounds):
+        for v in values:
+            if var != "impl":
+                os.environ[var] = v  # read when the graph is captured
+            kind = v if var == "impl" else impl
+            times[v].append(graph_time_us(lambda i: tree.tree_attention(*sets[i % n], impl=kind, validate=False),
+                                          dev, max(n, 4)))
+    os.environ.pop(var, None)
+    cells = [f"{var}={v} {statistics.median(t):6.1f} (spread {100 * (max(t) - min(t)) / statistics.median(t):.0f}%)"
+             for v, t in times.items()]
+    print(f"B={B} N={N:3d} prefix={prefix:5d}:  " + "  ".join(cells), flush=True)
+    del sets
