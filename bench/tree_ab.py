@@ -1,8 +1,8 @@
-"""Tree attention A/B over an environment knob read at launch (e.g. FRSPEC_TREE_CLUSTER), or
-over implementations (VAR = impl):
-each round times every value once per shape (interleaved, so clock drift hits all alike),
-GPU time from CUDA-graph replays over L2-cold rotating input sets; medians over rounds.
-python bench/tree_ab.py VAR|impl value,value,... [rounds] [impl]"""
+"""Tree attention A/B over an environment knob read at launch (e.g. FRSPEC_TREE_CLUSTER), over
+implementations (VAR = impl) or over split counts (VAR = splits; 0 = auto): each round times
+every value once per shape (interleaved, so clock drift hits all alike), GPU time from
+CUDA-graph replays over L2-cold rotating input sets; medians over rounds.
+python bench/tree_ab.py VAR|impl|splits value,value,... [rounds] [impl] [B,N,prefix;B,N,prefix...]"""
 import os
 import statistics
 import sys
@@ -19,19 +19,22 @@ impl = sys.argv[4] if len(sys.argv) > 4 else "auto"
 dev = torch.device("cuda")
 g = torch.Generator(device=dev).manual_seed(0)
 print(f"{var} in {values}, impl {impl}, medians of {rounds} interleaved rounds (us)")
-for B, N, prefix in ((1, 60, 1024), (1, 60, 4096), (1, 16, 4096), (1, 60, 32768), (1, 16, 32768), (4, 60, 4096),
-                     (4, 128, 32768)):
+SHAPES = ((1, 60, 1024), (1, 60, 4096), (1, 16, 4096), (1, 60, 32768), (1, 16, 32768), (4, 60, 4096), (4, 128, 32768))
+if len(sys.argv) > 5:
+    SHAPES = [tuple(int(x) for x in c.split(",")) for c in sys.argv[5].split(";")]
+for B, N, prefix in SHAPES:
     L = prefix + N
     n = n_sets(2 * B * L * HKV * D * 2, dev)
     sets = [_case(B, N, prefix, dev, g) for _ in range(n)]
     times = {v: [] for v in values}
     for _ in range(rounds):
         for v in values:
-            if var != "impl":
+            if var not in ("impl", "splits"):
                 os.environ[var] = v  # read when the graph is captured
             kind = v if var == "impl" else impl
-            times[v].append(graph_time_us(lambda i: tree.tree_attention(*sets[i % n], impl=kind, validate=False),
-                                          dev, max(n, 4)))
+            sp = int(v) if var == "splits" else 0
+            times[v].append(graph_time_us(
+                lambda i: tree.tree_attention(*sets[i % n], impl=kind, num_splits=sp, validate=False), dev, max(n, 4)))
     os.environ.pop(var, None)
     cells = [f"{var}={v} {statistics.median(t):6.1f} (spread {100 * (max(t) - min(t)) / statistics.median(t):.0f}%)"
              for v, t in times.items()]
