@@ -91,7 +91,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
     kernel, split over the keys (num_splits 0 = fill the GPU), the splits merged on chip or by
     a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
-    warp-specialised TMA + wgmma, key tile j-1's P V under tile j's softmax; head_dim 128 on
+    warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 on
     an sm_90a build; auto takes it for N > 1), "wgmma_serial" (the same, each tile's P V
     after its softmax; kept for measurement).
     """

@@ -208,8 +208,8 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<40>();
     // K and V stream from two threads (warps 0 and 1), each on its own ring: a V stage is
-    // released later than its K stage (after P V; with kSched 3 only under the next
-    // tile's softmax), and one thread would hold the next K load back behind it.
+    // released later than its K stage (after P V; with kSched 3 only in the next tile's
+    // turn), and one thread would hold the next K load back behind it.
     if (threadIdx.x == 0) {
       mbar_arrive_expect_tx(q_full, kWgTile);
       tma_load_2d(q_s, &tm_q, hq * D, q0, q_full);
@@ -246,8 +246,11 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   // kSched 1, 2, 3: the consumers take turns issuing their GEMMs (named barriers 1 and 2), so
   // one's softmax runs under the other's tensor-core work. kSched 2 also issues tile j-1's
   // P V together with tile j's Q K^T in one window; kSched 3 issues that P V after the
-  // Q K^T and waits only for the Q K^T, so its own softmax of tile j runs under its P V of
-  // tile j-1 as well (FlashAttention-3's intra-warpgroup overlap); O is rescaled after.
+  // Q K^T, waits only for the Q K^T (releasing K early) and in the source runs its softmax
+  // of tile j before waiting for the P V (FlashAttention-3's intra-warpgroup overlap). In
+  // the SASS (CUDA 13.0) ptxas hoists that wait to the top of the softmax's basic block,
+  // so the P V does not run under this warpgroup's softmax; forcing it to (bench/NOTES.md,
+  // APB v5) measured no faster.
   constexpr bool kDeferPv = kSched >= 2;
   if (kSched > 0 && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
   uint32_t pf[8][4];

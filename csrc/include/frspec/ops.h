@@ -77,8 +77,8 @@ namespace frspec {
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
 // D == 128 and N > 1, else the mma.sync kernel (kMma; one-node trees take the decode
-// kernel). kWgmma leaves the P V of key tile j-1 running under the softmax of tile j; kept
-// for measurement: kWgmmaSerial (each tile's P V issued after its softmax and waited for).
+// kernel). kWgmma issues the P V of key tile j-1 behind the Q K^T of tile j; kept for
+// measurement: kWgmmaSerial (each tile's P V issued after its softmax and waited for).
 // A wgmma kind where unavailable: cudaErrorNotSupported.
 enum class TreeAttnImpl : int { kAuto = 0, kMma = 1, kWgmma = 2, kWgmmaSerial = 3 };
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
@@ -98,7 +98,7 @@ namespace frspec {
 // k, v [passing_len + anchor_len + local_len, Hkv, D]; out like q; lse [Tq, Hq] fp32
 // (natural log). All contiguous, 16-byte aligned. D in {64, 128}, Hq % Hkv == 0,
 // any lengths (Tq < 2^23). impl: kAuto = the warp-specialised TMA + wgmma kernel with
-// ping-pong consumers whose P V of tile j-1 runs under their softmax of tile j
+// ping-pong consumers that issue the P V of tile j-1 behind the Q K^T of tile j
 // (kWgmmaPingpongOverlap) on sm_90a builds running on compute capability 9.0 with D == 128,
 // else mma.sync (kMma). Kept for measurement: kWgmma (every warp loads, then computes),
 // kWgmmaWs (producer warpgroup + TMA, consumers unsynchronised), kWgmmaPingpong (consumers

@@ -5,8 +5,9 @@
 // Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), two threads
 // stream the 128-key K and V tiles through kStages-deep TMA rings. Warpgroups 1 and 2 each own 64
 // rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
-// other's tensor-core work; with kOverlap a consumer's P V of tile j-1 also runs under its
-// own softmax of tile j (FlashAttention-3's intra-warpgroup overlap). Splits of one row tile
+// other's tensor-core work; with kOverlap a consumer issues its P V of tile j-1 right behind
+// its Q K^T of tile j (FlashAttention-3's intra-warpgroup overlap in the source; ptxas
+// waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits of one row tile
 // merge through distributed shared memory when they form a cluster (<= 8; each CTA reads
 // its share of the rows from every split), else they write fp32 partials for the merge
 // kernel.
@@ -91,8 +92,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     setmaxnreg_dec<40>();
     const int row0 = b * p.L_max;  // the cache viewed as [B * L_max, Hkv * D] rows
     // K and V stream from two threads (warps 0 and 1), each on its own ring: a V stage is
-    // released later than its K stage (after P V; with kOverlap only under the next tile's
-    // softmax), and one thread would hold the next K load back behind it.
+    // released later than its K stage (after P V; with kOverlap only in the next tile's
+    // turn), and one thread would hold the next K load back behind it.
     const bool is_k = threadIdx.x == 0, loader = threadIdx.x == 0 || threadIdx.x == 32;
     const void* tm = is_k ? static_cast<const void*>(&tm_k) : static_cast<const void*>(&tm_v);
     uint8_t* ring = is_k ? k_s : v_s;
@@ -179,9 +180,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       float s[64];
       wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kWgTile);
       const bool other_turn = pingpong && !(c == 1 && it == n_tiles - 1);
-      // kOverlap: tile j-1's P V goes out behind this Q K^T and runs under this tile's
-      // softmax (one branch per path: ptxas serialises wgmma where it cannot tell which
-      // groups are done).
+      // kOverlap: tile j-1's P V goes out behind this Q K^T (one branch per path: ptxas
+      // serialises wgmma where it cannot tell which groups are done).
       if (kOverlap && it > 0) {
         mbar_wait(&v_full[prev_st], prev_parity);
         issue_pv(prev_st);

@@ -22,8 +22,8 @@ def apb_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchor_len:
     keys and the local block causally (anchor_len = passing_len = 0: causal attention).
     Returns out [Tq, Hq, D] (q's dtype) and lse [Tq, Hq] fp32 (natural log). On CUDA one
     kernel (D 64/128, fp16/bf16, GQA, any lengths) that skips fully masked tiles: on Hopper
-    with D 128 the warp-specialised TMA + wgmma kernel with ping-pong consumers that keep
-    their P V under their next softmax ("auto" = "wgmma_pingpong_overlap"), else mma.sync
+    with D 128 the warp-specialised TMA + wgmma kernel with ping-pong consumers that issue
+    each P V behind the next Q K^T ("auto" = "wgmma_pingpong_overlap"), else mma.sync
     ("mma"); "wgmma", "wgmma_ws", "wgmma_pingpong", "wgmma_pingpong_windows" are variants
     kept for measurement (bench/NOTES.md). On CPU the PyTorch reference."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
