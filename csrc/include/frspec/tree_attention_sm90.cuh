@@ -117,14 +117,18 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     for (int chunk = 0; chunk < 16; ++chunk)
       cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
     cp_async_commit();
-    // The first stages' K/V loads go out while Q is in flight (they wait for nothing).
-    if (loader)
-      for (int it = 0; it < min(kStages, n_tiles); ++it) issue_tile(it);
+    // The first tile's K/V loads go out while Q is in flight; the other free stages' only
+    // once it has landed: at the start every CTA asks at once, and a first tile queued
+    // behind everyone's second one starts the GEMMs later (measured: 0.3-1.0 us per call
+    // at 512-4K prefixes, bench/NOTES.md tree v7).
+    if (loader && n_tiles > 0) issue_tile(0);
     cp_async_wait<0>();
     fence_proxy_async_smem();
     mbar_arrive(q_full);
-    if (loader)
-      for (int it = kStages; it < n_tiles; ++it) issue_tile(it);
+    if (loader && n_tiles > 1) {
+      mbar_wait(&full[0], 0);
+      for (int it = 1; it < n_tiles; ++it) issue_tile(it);
+    }
     __syncwarp();
     if (p.cluster > 1) {  // no thread may leave before the cluster's two barriers
       cluster_arrive_wait();
