@@ -106,12 +106,14 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
     // Up to kTdClusterKeys keys: one cluster of <= 8 splits per KV head, ~64+ keys each,
-    // merged on chip (one kernel). Longer: ~64 keys per split, at most two waves of CTAs,
-    // <= 64 splits, then the merge kernel.
+    // merged on chip (one kernel). Longer: >= 64 keys per split, at most 16 splits and
+    // 4 x (SMs) CTAs, then the merge kernel. (H100, 2026-11-26, vs the earlier 4096-key
+    // threshold and up to 2 waves / 64 splits: B = 1 4000 / 8192 / 16384 keys 20.9 / 35.5 /
+    // 55.8 -> 18.9 / 29.1 / 45.0 us, B = 4 4000 / 8192 61.0 / 110.2 -> 53.4 / 88.6 us.)
     if (L_max <= kTdClusterKeys) return static_cast<int>(std::min<int64_t>(kTdMaxCluster, ceil_div(L_max, 64)));
     const int64_t by_keys = ceil_div(L_max, 64);
-    const int64_t by_wave = std::max<int64_t>(1, 2 * num_sms() / (Hkv * B));
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_keys, by_wave, 64})));
+    const int64_t by_wave = std::max<int64_t>(1, 4 * num_sms() / (Hkv * B));
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_keys, by_wave, 16})));
   }
   const int64_t row_tiles = ceil_div(N * (Hq / Hkv), kTaRows);
   const int64_t ctas = row_tiles * Hkv * B;

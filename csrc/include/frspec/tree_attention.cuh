@@ -189,7 +189,7 @@ constexpr int kTdMaxG = 8;      // query heads per KV head handled here (more: t
 constexpr int kTdUnroll = 8;    // keys per warp per iteration
 constexpr int kTdWarps = 8;
 constexpr int kTdMaxCluster = 8;  // portable cluster size: splits merged on chip when <= this
-constexpr int kTdClusterKeys = 4096;  // auto split count picks a cluster up to this cache length
+constexpr int kTdClusterKeys = 3072;  // auto split count picks a cluster up to this cache length
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAttnParams p) {
