@@ -60,6 +60,6 @@ tar -czf "$OUT/details.tgz" -C "$LOG" .
 echo; echo "==================== summary ===================="
 for line in "${summary[@]}"; do echo "$line"; done
 grep -hs "^FAILED" "$LOG/pytest.txt"
-for f in "$LOG"/*_bench.txt; do case $f in *sanitizer_*) continue;; esac; echo "-- $(basename "$f" .txt)"; cat "$f"; done
+for f in "$LOG"/*_bench.txt; do [ -e "$f" ] || continue; case $f in *sanitizer_*) continue;; esac; echo "-- $(basename "$f" .txt)"; cat "$f"; done
 echo "-- frspec bench"; grep -vE "^#" "$LOG/bench.txt"
 } | tee "$OUT/summary.txt"
