@@ -1,15 +1,16 @@
 """Tree attention A/B over an environment knob read at launch (e.g. FRSPEC_TREE_CLUSTER), over
-implementations (VAR = impl) or over split counts (VAR = splits; 0 = auto): each round times
-every value once per shape (interleaved, so clock drift hits all alike), GPU time from
-CUDA-graph replays over L2-cold rotating input sets; medians over rounds.
-python bench/tree_ab.py VAR|impl|splits value,value,... [rounds] [impl] [B,N,prefix;B,N,prefix...]"""
+implementations (VAR = impl), split counts (VAR = splits; 0 = auto) or programmatic
+dependent launch (VAR = pdl; 0 / 1): each round times every value once per shape
+(interleaved, so clock drift hits all alike), GPU time from CUDA-graph replays over L2-cold
+rotating input sets; medians over rounds.
+python bench/tree_ab.py VAR|impl|splits|pdl value,value,... [rounds] [impl] [B,N,prefix;B,N,prefix...]"""
 import os
 import statistics
 import sys
 
 import torch
 
-from frspec_cuda import tree
+from frspec_cuda import decoder, tree
 from frspec_cuda.benchmarks.timing import graph_time_us, n_sets
 from frspec_cuda.benchmarks.tree import D, HKV, HQ, _case
 
@@ -29,12 +30,14 @@ for B, N, prefix in SHAPES:
     times = {v: [] for v in values}
     for _ in range(rounds):
         for v in values:
-            if var not in ("impl", "splits"):
+            if var not in ("impl", "splits", "pdl"):
                 os.environ[var] = v  # read when the graph is captured
             kind = v if var == "impl" else impl
             sp = int(v) if var == "splits" else 0
-            times[v].append(graph_time_us(
-                lambda i: tree.tree_attention(*sets[i % n], impl=kind, num_splits=sp, validate=False), dev, max(n, 4)))
+            with decoder.launch_settings(pdl=bool(int(v)) if var == "pdl" else None):
+                times[v].append(graph_time_us(
+                    lambda i: tree.tree_attention(*sets[i % n], impl=kind, num_splits=sp, validate=False), dev,
+                    max(n, 4)))
     os.environ.pop(var, None)
     cells = [f"{var}={v} {statistics.median(t):6.1f} (spread {100 * (max(t) - min(t)) / statistics.median(t):.0f}%)"
              for v, t in times.items()]
