@@ -32,12 +32,14 @@ template <typename T>
 __device__ __forceinline__ void wg_issue_qk(float (&s)[64], const uint8_t* q_s, int q_row_bytes, const uint8_t* k_tile) {
   wgmma_fence();
   wgmma_fence_operands(s);
+  // One descriptor per operand, its address field (bits 0-13: bytes >> 4) advanced per k
+  // step; no carry leaves the field (shared memory < 256 KB). Rebuilding each descriptor
+  // cost ~70 more instructions per tile in the ping-pong issue window.
+  const uint64_t da0 = wgmma_desc(q_s + q_row_bytes, 16, 1024), db0 = wgmma_desc(k_tile, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
-    const int slab = kk / 4, off = (kk % 4) * 32;
-    const uint64_t da = wgmma_desc(q_s + slab * kWgSlab + q_row_bytes + off, 16, 1024);
-    const uint64_t db = wgmma_desc(k_tile + slab * kWgSlab + off, 16, 1024);
-    wgmma_m64n128k16_ss<T>(s, da, db, kk > 0);
+    const uint64_t step = static_cast<uint64_t>(((kk / 4) * kWgSlab + (kk % 4) * 32) >> 4);
+    wgmma_m64n128k16_ss<T>(s, da0 + step, db0 + step, kk > 0);
   }
   wgmma_commit();
 }
@@ -48,11 +50,10 @@ template <typename T>
 __device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)[8][4], const uint8_t* v_tile) {
   wgmma_fence();
   wgmma_fence_operands(o);
+  const uint64_t db0 = wgmma_desc(v_tile, kWgSlab, 1024);  // advanced per k step, as in wg_issue_qk
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    const uint64_t db = wgmma_desc(v_tile + kk * 16 * 128, kWgSlab, 1024);
-    wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db, 1);
-  }
+  for (int kk = 0; kk < 8; ++kk)
+    wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
   wgmma_commit();
 }
 
