@@ -300,21 +300,13 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
     }
     float alpha[2];
     wg_online_softmax_fma(s, m, l, alpha, sl2);
-    if (kSched == 3) {  // tile j-1's P V must finish before O is rescaled
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
-      __syncwarp();
-      if (lane == 0 && it > 0) mbar_arrive(&v_empty[prev_st]);
-    }
+    if (kSched == 3) wg_wait_pv(o, &v_empty[prev_st], it > 0);  // tile j-1's P V, before O is rescaled
     wg_rescale(o, alpha);
     wg_pack_p<T>(s, pf);
     if (!kDeferPv) {
       mbar_wait(&v_full[st], parity);
       issue_pv(st);
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&v_empty[st]);
+      wg_wait_pv(o, &v_empty[st], true);
     }
     prev_st = st;
     prev_parity = parity;
@@ -322,8 +314,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   if (kDeferPv) {  // the last tile's P V
     mbar_wait(&v_full[prev_st], prev_parity);
     issue_pv(prev_st);
-    wgmma_wait<0>();
-    wgmma_fence_operands(o);
+    wg_wait_pv(o, nullptr, false);
   }
 
   apb_wg_store_rows<T>(o, m, l, p, hq, row_base, q_last, tig);

@@ -57,6 +57,15 @@ __device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)
   wgmma_commit();
 }
 
+// Wait for this warpgroup's outstanding wgmma (its P V), then, if `release`, lane 0 of each
+// warp arrives on the V stage's empty barrier (it counts one arrival per consumer warp).
+__device__ __forceinline__ void wg_wait_pv(float (&o)[64], uint64_t* v_empty, bool release) {
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+  __syncwarp();
+  if (release && threadIdx.x % 32 == 0) mbar_arrive(v_empty);
+}
+
 // o *= alpha per row (the online-softmax rescale).
 __device__ __forceinline__ void wg_rescale(float (&o)[64], const float (&alpha)[2]) {
 #pragma unroll
