@@ -1,6 +1,8 @@
 """Run every frspec_cuda op once on small odd-sized inputs (for compute-sanitizer:
 `compute-sanitizer --tool memcheck python3 bench/sanitize_ops.py`)."""
 
+import os
+
 import torch
 
 import frspec_cuda
@@ -35,6 +37,10 @@ if torch.cuda.get_device_capability() == (9, 0):  # the wgmma kernel: one split,
     kw = torch.randn(B, 1200, 2, 128, device=dev, dtype=torch.bfloat16)  # 10 key tiles: 9 splits fit
     for splits in (1, 3, 9):
         tree.tree_attention(qw, kw, torch.randn_like(kw), cl, t.mask, num_splits=splits, impl="wgmma")
+    os.environ["FRSPEC_TREE_KEYS"] = "176"  # 176-key tiles
+    for splits in (1, 3, 7):
+        tree.tree_attention(qw, kw, torch.randn_like(kw), cl, t.mask, num_splits=splits, impl="wgmma")
+    del os.environ["FRSPEC_TREE_KEYS"]
 o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
 frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),

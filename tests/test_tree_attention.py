@@ -94,6 +94,20 @@ def wgmma_ok(D):
 @pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
 @pytest.mark.parametrize("impl", ["mma", "wgmma", "wgmma_serial"])
 def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
+    check_rule(case, dtype, num_splits, impl)
+
+
+@requires_kernel("tree_attention")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
+def test_kernel_176_key_tiles(case, dtype, num_splits, monkeypatch):
+    """The wgmma kernel with 176-key tiles (FRSPEC_TREE_KEYS, read per call)."""
+    monkeypatch.setenv("FRSPEC_TREE_KEYS", "176")
+    check_rule(case, dtype, num_splits, "wgmma")
+
+
+def check_rule(case, dtype, num_splits, impl):
     B, N, Hq, Hkv, D, lens = CASES[case]
     if impl.startswith("wgmma") and not wgmma_ok(D):
         pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")

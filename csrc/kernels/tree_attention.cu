@@ -40,8 +40,22 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
   return wgmma_ok && N > 1 ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
 }
 
+// Keys per tile of the wgmma kernel (overlap schedule): FlashAttention-3's non-causal width,
+// 176, where each split has >= 4096 keys and both consumer warpgroups have rows; else 128.
+// Interleaved A/B on an H100 (bench/NOTES.md, tree v8): 176 is 4-8% faster at 32K (B = 1,
+// N = 60 / 128; B = 4, N = 60 / 128) but up to 20% slower at 4K (B = 1, N = 60 20.6 vs 24.6
+// us) and equal at B = 4, N = 60, 4K. FRSPEC_TREE_KEYS=128 / 176 forces one (read per
+// call; for measurement and tests).
+static int ws_keys(int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t splits) {
+  if (const char* env = std::getenv("FRSPEC_TREE_KEYS")) {
+    if (std::strcmp(env, "176") == 0) return 176;
+    if (std::strcmp(env, "128") == 0) return 128;
+  }
+  return N * (Hq / Hkv) > 64 && L_max >= 4096 * splits ? 176 : 128;
+}
+
 // How many thread-block clusters of `size` CTAs of the wgmma kernel fit on the GPU at once.
-template <typename T, int kStages>
+template <typename T, int kStages, int kKeys>
 static int ws_max_active_clusters(int size) {
   static int cache[kTwMaxCluster + 1] = {};
   if (cache[size] == 0) {
@@ -50,11 +64,12 @@ static int ws_max_active_clusters(int size) {
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = size, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
     cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = tw_smem_bytes(kStages);
+    cfg.gridDim = dim3(size), cfg.blockDim = dim3(kTwThreads), cfg.dynamicSmemBytes = tw_smem_bytes(kStages, kKeys);
     cfg.attrs = &attr, cfg.numAttrs = 1;
-    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(tw_smem_bytes(kStages))) != cudaSuccess ||
-        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T, kStages, false>, &cfg) != cudaSuccess)
+    if (cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, true, kKeys>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(tw_smem_bytes(kStages, kKeys))) != cudaSuccess ||
+        cudaOccupancyMaxActiveClusters(&n, tree_attention_ws_kernel<T, kStages, true, kKeys>, &cfg) != cudaSuccess)
       n = -1;  // unknown: treated as "does not fit"
     cache[size] = n;
   }
@@ -77,16 +92,17 @@ static int ctas_per_sm() {
 }
 
 // Whether `ctas` thread-block clusters of `size` CTAs of the wgmma kernel run all at once.
+// (with either tile width's shared memory: both take one CTA per SM)
 template <typename T>
 static bool ws_clusters_fit(int64_t ctas, int size) {
-  return ctas <= ws_max_active_clusters<T, 2>(size);
+  return ctas <= ws_max_active_clusters<T, 2, 128>(size);
 }
 
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
   const bool ws = is_wgmma(impl);
-  const int64_t key_tile = ws ? kTwKeys : kTaKeys;
+  const int64_t key_tile = ws ? 128 : kTaKeys;  // (the split count decides the wgmma tile width)
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (ws) {
@@ -161,15 +177,15 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int kStages, bool kOverlap>
+template <typename T, int kStages, bool kOverlap, int kKeys>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap tk, tv;  // the caches as [B * L_max, Hkv * D] rows
-  if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16) ||
-      !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16))
+  if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys) ||
+      !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys))
     return cudaErrorNotSupported;
-  constexpr size_t smem = tw_smem_bytes(kStages);
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap>,
+  constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
   // FRSPEC_TREE_CLUSTER=0 (read per launch; for measurement) merges splits in the merge kernel.
@@ -181,7 +197,7 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
                   ? p.splits
                   : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap>, grid, dim3(kTwThreads), smem,
+  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>, grid, dim3(kTwThreads), smem,
                                                  stream, static_cast<unsigned>(p.cluster), tk, tv, p));
   if (p.splits > 1 && !p.cluster) return launch_merge<T>(p, 128, stream);
   return cudaGetLastError();
@@ -210,8 +226,10 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   if (is_wgmma(impl)) {
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
     if (impl == TreeAttnImpl::kWgmmaSerial)
-      return bf16 ? launch_ws<__nv_bfloat16, 2, false>(p, stream) : launch_ws<__half, 2, false>(p, stream);
-    return bf16 ? launch_ws<__nv_bfloat16, 2, true>(p, stream) : launch_ws<__half, 2, true>(p, stream);
+      return bf16 ? launch_ws<__nv_bfloat16, 2, false, 128>(p, stream) : launch_ws<__half, 2, false, 128>(p, stream);
+    if (ws_keys(N, Hq, Hkv, L_max, splits) == 176)
+      return bf16 ? launch_ws<__nv_bfloat16, 2, true, 176>(p, stream) : launch_ws<__half, 2, true, 176>(p, stream);
+    return bf16 ? launch_ws<__nv_bfloat16, 2, true, 128>(p, stream) : launch_ws<__half, 2, true, 128>(p, stream);
   }
   if (D == 128) return bf16 ? launch<__nv_bfloat16, 128>(p, stream) : launch<__half, 128>(p, stream);
   return bf16 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__half, 64>(p, stream);

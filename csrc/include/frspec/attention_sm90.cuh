@@ -26,10 +26,12 @@ __device__ __forceinline__ void wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk
 }
 
 // S = Q K^T for one warpgroup: its 64 rows of the swizzled Q tile (starting `q_row_bytes`
-// into each slab) x one 128-key K tile, D = 128, issued as one committed wgmma group (not
-// waited for).
-template <typename T>
-__device__ __forceinline__ void wg_issue_qk(float (&s)[64], const uint8_t* q_s, int q_row_bytes, const uint8_t* k_tile) {
+// into each slab) x one K tile of 2 NS keys (128 or 176; two [2 NS x 64] slabs, back to
+// back), D = 128, issued as one committed wgmma group (not waited for).
+template <typename T, int NS>
+__device__ __forceinline__ void wg_issue_qk(float (&s)[NS], const uint8_t* q_s, int q_row_bytes, const uint8_t* k_tile) {
+  static_assert(NS == 64 || NS == 88, "128- or 176-key tiles");
+  constexpr int kKSlab = 2 * NS * 128;  // bytes of one 64-column slab of the K tile
   wgmma_fence();
   wgmma_fence_operands(s);
   // One descriptor per operand, its address field (bits 0-13: bytes >> 4) advanced per k
@@ -38,21 +40,27 @@ __device__ __forceinline__ void wg_issue_qk(float (&s)[64], const uint8_t* q_s, 
   const uint64_t da0 = wgmma_desc(q_s + q_row_bytes, 16, 1024), db0 = wgmma_desc(k_tile, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
-    const uint64_t step = static_cast<uint64_t>(((kk / 4) * kWgSlab + (kk % 4) * 32) >> 4);
-    wgmma_m64n128k16_ss<T>(s, da0 + step, db0 + step, kk > 0);
+    const uint64_t step_a = static_cast<uint64_t>(((kk / 4) * kWgSlab + (kk % 4) * 32) >> 4);
+    const uint64_t step_b = static_cast<uint64_t>(((kk / 4) * kKSlab + (kk % 4) * 32) >> 4);
+    if constexpr (NS == 64)
+      wgmma_m64n128k16_ss<T>(s, da0 + step_a, db0 + step_b, kk > 0);
+    else
+      wgmma_m64n176k16_ss<T>(s, da0 + step_a, db0 + step_b, kk > 0);
   }
   wgmma_commit();
 }
 
-// O += P V for one warpgroup over one 128-key V tile, 16 keys per step; P from registers
-// (wg_pack_p), V the transposed (MN-major) operand. One committed group, not waited for.
-template <typename T>
-__device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)[8][4], const uint8_t* v_tile) {
+// O += P V for one warpgroup over one V tile of 16 KS keys, 16 keys per step; P from
+// registers (wg_pack_p), V the transposed (MN-major) operand. One committed group, not
+// waited for.
+template <typename T, int KS>
+__device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)[KS][4], const uint8_t* v_tile) {
   wgmma_fence();
   wgmma_fence_operands(o);
-  const uint64_t db0 = wgmma_desc(v_tile, kWgSlab, 1024);  // advanced per k step, as in wg_issue_qk
+  // leading byte offset: from one 64-column slab to the next; advanced per k step, as in wg_issue_qk
+  const uint64_t db0 = wgmma_desc(v_tile, 16 * KS * 128, 1024);
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk)
+  for (int kk = 0; kk < KS; ++kk)
     wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
   wgmma_commit();
 }
@@ -77,11 +85,11 @@ __device__ __forceinline__ void wg_rescale(float (&o)[64], const float (&alpha)[
   }
 }
 
-// P (the exponentiated scores) as the A register fragments of the eight k16 steps of P V.
-template <typename T>
-__device__ __forceinline__ void wg_pack_p(const float (&s)[64], uint32_t (&pf)[8][4]) {
+// P (the exponentiated scores) as the A register fragments of the k16 steps of P V.
+template <typename T, int NS>
+__device__ __forceinline__ void wg_pack_p(const float (&s)[NS], uint32_t (&pf)[NS / 8][4]) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
+  for (int kk = 0; kk < NS / 8; ++kk) {
     pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
     pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
     pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
@@ -93,13 +101,14 @@ __device__ __forceinline__ void wg_pack_p(const float (&s)[64], uint32_t (&pf)[8
 // (softmax scale * log2 e) folded into one FMA per score: s becomes P, m and l (per row,
 // base-2 running max and partial sum over this thread's columns) advance, alpha is the
 // factor the accumulator must be rescaled by.
-__device__ __forceinline__ void wg_online_softmax_fma(float (&s)[64], float (&m)[2], float (&l)[2],
+template <int NS>
+__device__ __forceinline__ void wg_online_softmax_fma(float (&s)[NS], float (&m)[2], float (&l)[2],
                                                       float (&alpha)[2], float scale_log2) {
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     float mx = -INFINITY;
 #pragma unroll
-    for (int jb = 0; jb < 16; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
+    for (int jb = 0; jb < NS / 4; ++jb) mx = fmaxf(mx, fmaxf(s[4 * jb + 2 * e], s[4 * jb + 2 * e + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m[e], mx * scale_log2);
@@ -108,7 +117,7 @@ __device__ __forceinline__ void wg_online_softmax_fma(float (&s)[64], float (&m)
     m[e] = m_new;
     float sum = 0.f;
 #pragma unroll
-    for (int jb = 0; jb < 16; ++jb) {
+    for (int jb = 0; jb < NS / 4; ++jb) {
       s[4 * jb + 2 * e] = fast_exp2(fmaf(s[4 * jb + 2 * e], scale_log2, -ref));
       s[4 * jb + 2 * e + 1] = fast_exp2(fmaf(s[4 * jb + 2 * e + 1], scale_log2, -ref));
       sum += s[4 * jb + 2 * e] + s[4 * jb + 2 * e + 1];

@@ -12,9 +12,9 @@ namespace frspec {
 // compute-capability 9.0 device: true when the current device is one.
 bool sm90a_device();
 
-// A tensor map over a row-major [rows, cols] 16-bit matrix whose boxes are 128 rows x 64
-// columns (128 bytes: the swizzle span), 128B-swizzled, rows past `rows` zero-filled.
+// A tensor map over a row-major [rows, cols] 16-bit matrix whose boxes are box_rows (<= 256)
+// rows x 64 columns (128 bytes: the swizzle span), 128B-swizzled, rows past `rows` zero-filled.
 // False when the driver has no encoder or rejects the layout.
-bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16);
+bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16, int box_rows = 128);
 
 }  // namespace frspec

@@ -21,13 +21,16 @@
 namespace frspec {
 
 constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
-constexpr int kTwKeys = 128;  // keys per tile
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
 constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
+// Bytes of one K or V tile of `keys` keys x 128 (two [keys x 64] slabs).
+constexpr size_t tw_tile_bytes(int keys) { return size_t(keys) * 256; }
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
-constexpr size_t tw_smem_bytes(int stages) { return (1 + 2 * size_t(stages)) * kWgTile + 1024 + 128; }
-static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * size_t(kWgTile), "merge buffer > K/V ring");
+constexpr size_t tw_smem_bytes(int stages, int keys) {
+  return kWgTile + 2 * size_t(stages) * tw_tile_bytes(keys) + 1024 + 128;
+}
+static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * tw_tile_bytes(128), "merge buffer > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
@@ -45,18 +48,19 @@ __device__ __forceinline__ V* cluster_map(V* p, uint32_t rank) {
   return reinterpret_cast<V*>(out);
 }
 
-template <typename T, int kStages, bool kOverlap>
+template <typename T, int kStages, bool kOverlap, int kTwKeys>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                              const TreeAttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 128;
+  constexpr int kTile = static_cast<int>(tw_tile_bytes(kTwKeys)), kSlab = kTile / 2;
   extern __shared__ uint8_t tw_smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(tw_smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* q_s = smem;
-  uint8_t* k_s = smem + kWgTile;                  // [kStages]
-  uint8_t* v_s = smem + (1 + kStages) * kWgTile;  // [kStages]
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + (1 + 2 * kStages) * kWgTile);
+  uint8_t* k_s = smem + kWgTile;                    // [kStages]
+  uint8_t* v_s = k_s + kStages * kTile;             // [kStages]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(v_s + kStages * kTile);
   uint64_t* q_full = bars;
   uint64_t* k_full = bars + 1;                 // [kStages]
   uint64_t* v_full = bars + 1 + kStages;       // [kStages]
@@ -104,9 +108,9 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const uint32_t parity = ((it / kStages) - 1) & 1;  // of the consumers' release of this stage
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
       if (it >= kStages) mbar_wait(&empty[st], parity);
-      mbar_arrive_expect_tx(&full[st], kWgTile);
-      tma_load_2d(ring + st * kWgTile, tm, h * D, row0 + k0, &full[st]);
-      tma_load_2d(ring + st * kWgTile + kWgSlab, tm, h * D + 64, row0 + k0, &full[st]);
+      mbar_arrive_expect_tx(&full[st], kTile);
+      tma_load_2d(ring + st * kTile, tm, h * D, row0 + k0, &full[st]);
+      tma_load_2d(ring + st * kTile + kSlab, tm, h * D + 64, row0 + k0, &full[st]);
     };
     // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
     const int r = r0 + static_cast<int>(threadIdx.x);
@@ -164,25 +168,25 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const int tid = threadIdx.x - 128, zero_from = kend - k_last;
       for (int i = tid; i < (kTwKeys - zero_from) * 16; i += 128 * consumers) {
         const int r = zero_from + i / 16, chunk = i % 16;  // whole rows: the swizzle only permutes within a row
-        *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kWgSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async_smem();
       named_bar_sync(4, 128 * consumers);  // (1, 2: the ping-pong; 3: the epilogue, where an idle warpgroup may wait)
     }
     const bool pingpong = consumers == 2;
     if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
-    uint32_t pf[8][4];
+    uint32_t pf[kTwKeys / 16][4];
     int prev_st = 0;
     uint32_t prev_parity = 0;
-    auto issue_pv = [&](int stage) { wg_issue_pv<T>(o, pf, v_s + stage * kWgTile); };
+    auto issue_pv = [&](int stage) { wg_issue_pv<T>(o, pf, v_s + stage * kTile); };
     for (int it = 0; it < n_tiles; ++it) {
       const int st = it % kStages;
       const uint32_t parity = (it / kStages) & 1;
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;
       mbar_wait(&k_full[st], parity);
       if (pingpong) named_bar_sync(1 + c, 256);
-      float s[64];
-      wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kWgTile);
+      float s[kTwKeys / 2];
+      wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kTile);
       const bool other_turn = pingpong && !(c == 1 && it == n_tiles - 1);
       // kOverlap: tile j-1's P V goes out behind this Q K^T (one branch per path: ptxas
       // serialises wgmma where it cannot tell which groups are done).
@@ -202,7 +206,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       // Mask: keys past the split, tree keys that are not ancestors-or-self.
       if (k0 + kTwKeys > min(prefix, kend)) {
 #pragma unroll
-        for (int i = 0; i < 64; ++i) {
+        for (int i = 0; i < kTwKeys / 2; ++i) {
           const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
           const int e = (i >> 1) & 1;
           bool ok = key < kend;
