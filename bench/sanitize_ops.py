@@ -28,10 +28,10 @@ k = torch.randn(B, 200, 2, 128, device=dev, dtype=torch.bfloat16)
 for splits in (1, 3, 4):  # decode: 3 and 4 = one cluster per KV head; MMA: split + merge
     tree.tree_attention(q, k, torch.randn_like(k), cl, t.mask, num_splits=splits)
     tree.tree_attention(q[:, :1].contiguous(), k, torch.randn_like(k), cl, t.mask[:, :1].contiguous(),
-                        num_splits=splits)  # one-node tree: the decode kernel
+                        num_splits=splits, impl="mma")  # one-node tree: the decode kernel
 k2 = torch.randn(B, 1024, 2, 128, device=dev, dtype=torch.bfloat16)
 tree.tree_attention(q[:, :1].contiguous(), k2, torch.randn_like(k2), cl, t.mask[:, :1].contiguous(),
-                    num_splits=9)  # decode with more splits than a cluster: partials + merge kernel
+                    num_splits=9, impl="mma")  # decode with more splits than a cluster: partials + merge kernel
 if torch.cuda.get_device_capability() == (9, 0):  # the wgmma kernel: one split, a cluster of 3, partials
     qw = torch.randn(B, q.shape[1], 24, 128, device=dev, dtype=torch.bfloat16)  # G = 12: 2 row tiles
     kw = torch.randn(B, 1200, 2, 128, device=dev, dtype=torch.bfloat16)  # 10 key tiles: 9 splits fit

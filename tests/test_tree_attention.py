@@ -72,7 +72,8 @@ CASES = [
     (1, 130, 16, 4, 128, [777]),
     (2, 16, 4, 2, 64, [33, 5000]),
     (1, 256, 8, 2, 128, [63]),
-    # one-node trees (decode steps): tree_decode_kernel for G <= 8, the MMA kernel above
+    # one-node trees (decode steps): tree_decode_kernel for G <= 8 (impl mma; auto on Hopper takes
+    # wgmma beyond 1K keys in all), the MMA kernel above
     (1, 1, 32, 8, 128, [4095]),
     (3, 1, 28, 4, 128, [0, 777, 5000]),
     (2, 1, 8, 1, 64, [63, 64]),

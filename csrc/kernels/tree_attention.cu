@@ -36,8 +36,13 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
   if (is_wgmma(impl)) return wgmma_ok ? impl : TreeAttnImpl::kAuto;
   if (impl == TreeAttnImpl::kMma) return impl;
   // wgmma measured faster on every multi-node shape of the benchmark (H100, 2026-11-25),
-  // N = 16 included; one-node trees keep the decode kernel.
-  return wgmma_ok && N > 1 ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
+  // N = 16 included. One-node trees (decode steps) too once there are more than ~1K keys in
+  // all (H100, 2026-11-26, vs the decode kernel: B = 1 2K / 16K / 32K keys 14.0 / 44.9 / 75.7
+  // -> 11.4 / 30.3 / 53.0 us, B = 4 512 keys 22.1 -> 11.1, B = 64 1K 322 -> 105; equal at B =
+  // 1, 1K; slower at B = 1 128 / 512 keys: 5.7 / 8.0 vs 9.2 / 9.7 us, the decode kernel's
+  // smaller fixed cost).
+  const bool wgmma_wins = N > 1 || Hq / Hkv > kTdMaxG || B * L_max > 1024;
+  return wgmma_ok && wgmma_wins ? TreeAttnImpl::kWgmma : TreeAttnImpl::kMma;
 }
 
 // Keys per tile of the wgmma kernel (overlap schedule): FlashAttention-3's non-causal width,

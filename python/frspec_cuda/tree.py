@@ -92,7 +92,8 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     kernel, split over the keys (num_splits 0 = fill the GPU), the splits merged on chip or by
     a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
     warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 on
-    an sm_90a build; auto takes it for N > 1), "wgmma_serial" (the same, each tile's P V
+    an sm_90a build; auto takes it for N > 1, and for one-node trees -- decode steps -- once
+    B * max_len > 1024; below that a load-and-shuffle decode kernel), "wgmma_serial" (the same, each tile's P V
     after its softmax; kept for measurement).
     """
     if impl not in TREE_ATTENTION_IMPLS:

@@ -88,8 +88,10 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     g = torch.Generator(device=device).manual_seed(0)
     rows = []
     configs = [(B, N, p) for B in (1, 4) for N in (16, 60, 128) for p in (1024, 4096, 32768)]
+    # one-node trees: autoregressive decode steps (the decode kernel vs wgmma)
+    configs += [(1, 1, 512), (1, 1, 4096), (1, 1, 32768), (4, 1, 4096), (16, 1, 4096)]
     if quick:
-        configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768)]
+        configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768), (1, 1, 32768)]
     for B, N, prefix in configs:
         L = prefix + N
         kv_bytes = 2 * B * L * HKV * D * 2 + 2 * B * N * HQ * D * 2
@@ -99,7 +101,12 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         flops = 4 * B * N * HQ * L * D
         floor = max(kv_bytes / (copy_gbs * 1e3), flops / (tflops * 1e6))
         timed = {}
-        if have:
+        if have and N == 1:
+            timed["frspec"] = lambda i: tree.tree_attention(*sets[i % n], validate=False)
+            timed["frspec decode kernel"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
+            if wgmma_available(device):
+                timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
+        elif have:
             timed["frspec"] = lambda i: tree.tree_attention(*sets[i % n], validate=False)
             timed["frspec mma"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
             if wgmma_available(device):
