@@ -99,6 +99,17 @@ def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
 
 
 @requires_kernel("tree_attention")
+@pytest.mark.parametrize("cluster", ["0", "1"])
+@pytest.mark.parametrize("case", [0, 3, 7, 11, 13])
+@pytest.mark.parametrize("num_splits", [2, 3, 8])
+def test_kernel_split_merge_paths(case, num_splits, cluster, monkeypatch):
+    """The wgmma kernel's splits merged by the merge kernel (FRSPEC_TREE_CLUSTER=0) or, forced
+    whatever the cache length, in a thread-block cluster (=1; read per call)."""
+    monkeypatch.setenv("FRSPEC_TREE_CLUSTER", cluster)
+    check_rule(case, torch.bfloat16, num_splits, "wgmma")
+
+
+@requires_kernel("tree_attention")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])

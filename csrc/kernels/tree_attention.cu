@@ -112,17 +112,18 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (ws) {
     // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
-    // a cluster's worth (8). They merge on chip when all the clusters fit on the GPU at once;
-    // when only smaller clusters fit, long splits take the full count and the merge kernel
-    // (measured, H100, B = 1: N = 60 at 32K, 8 splits + merge kernel 80 us vs clusters of 6
-    // 94 us, at 4K 26 vs 23.5 us; N = 16 at 32K, clusters of 8 55 us vs 16 splits + merge
-    // kernel 65 us).
+    // 8. Up to kTwClusterKeys keys the splits of a row tile merge in a cluster (the largest
+    // that fits on the GPU at once); longer, in the merge kernel, which then costs less than
+    // the cluster's exchange and leaves the split count free (H100, 2026-11-26, interleaved:
+    // 4K keys, B = 1, N = 60 / 16 / 128 / 1: clusters 20.1 / 16.0 / 30.4 / 13.3 us vs merge
+    // kernel 19.3 / 14.1 / 28.4 / 12.8; B = 4, N = 60 45.4 vs 42.9; 1K and 2K, N = 60: clusters
+    // 13.5 / 15.7 vs 13.9 / 16.3).
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
     const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kTwMaxCluster}));
+    if (L_max > kTwClusterKeys) return static_cast<int>(want);
     int s = static_cast<int>(want);
     const bool bf16 = dtype == DType::kBFloat16;
     while (s > 1 && !(bf16 ? ws_clusters_fit<__nv_bfloat16>(ctas, s) : ws_clusters_fit<__half>(ctas, s))) --s;
-    if (s < want && max_tiles >= 16 * want) return static_cast<int>(want);
     return std::max(s, 1);
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
@@ -193,9 +194,11 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
-  // FRSPEC_TREE_CLUSTER=0 (read per launch; for measurement) merges splits in the merge kernel.
+  // Splits merge in a cluster when it fits and max_len <= kTwClusterKeys (see the split rule);
+  // FRSPEC_TREE_CLUSTER=0 / 1 (read per launch; for measurement) forces the merge kernel / a
+  // cluster wherever one fits.
   const char* cluster_env = std::getenv("FRSPEC_TREE_CLUSTER");
-  const bool cluster_ok = cluster_env == nullptr || std::strcmp(cluster_env, "0") != 0;
+  const bool cluster_ok = cluster_env == nullptr ? p.L_max <= kTwClusterKeys : std::strcmp(cluster_env, "0") != 0;
   const int64_t ctas = int64_t(p.row_tiles) * p.Hkv * p.B;
   p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster &&
                       ws_clusters_fit<T>(ctas, p.splits)

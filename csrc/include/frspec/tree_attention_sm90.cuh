@@ -3,14 +3,14 @@
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
 // of consecutive nodes, so one K/V tile serves all of them -- and one split of the keys.
 // Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), two threads
-// stream the 128-key K and V tiles through kStages-deep TMA rings. Warpgroups 1 and 2 each own 64
+// stream the K and V tiles (128 or 176 keys) through kStages-deep TMA rings. Warpgroups 1 and 2 each own 64
 // rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work; with kOverlap a consumer issues its P V of tile j-1 right behind
 // its Q K^T of tile j (FlashAttention-3's intra-warpgroup overlap in the source; ptxas
-// waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits of one row tile
-// merge through distributed shared memory when they form a cluster (<= 8; each CTA reads
-// its share of the rows from every split), else they write fp32 partials for the merge
-// kernel.
+// waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits write fp32
+// partials; where the splits of a row tile form a cluster (<= 8, caches up to
+// kTwClusterKeys) each CTA then merges a share of the rows after a cluster barrier, else the
+// merge kernel does.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (the type only)
@@ -23,14 +23,13 @@ namespace frspec {
 constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
-constexpr int kTwMergeStride = kTwRows + 4;  // fp32 per row of the merge buffer (padded)
+constexpr int kTwClusterKeys = 3072;  // longer caches merge their splits in the merge kernel
 // Bytes of one K or V tile of `keys` keys x 128 (two [keys x 64] slabs).
 constexpr size_t tw_tile_bytes(int keys) { return size_t(keys) * 256; }
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
 constexpr size_t tw_smem_bytes(int stages, int keys) {
   return kWgTile + 2 * size_t(stages) * tw_tile_bytes(keys) + 1024 + 128;
 }
-static_assert(size_t(kTwRows) * kTwMergeStride * 4 + kTwRows * 4 <= 4 * tw_tile_bytes(128), "merge buffer > K/V ring");
 
 __device__ __forceinline__ void cluster_arrive_wait() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
@@ -40,12 +39,66 @@ __device__ __forceinline__ uint32_t cluster_rank() {
   asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
   return r;
 }
-// Address of the same shared-memory variable in CTA `rank` of this cluster.
-template <typename V>
-__device__ __forceinline__ V* cluster_map(V* p, uint32_t rank) {
-  uint64_t out;
-  asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
-  return reinterpret_cast<V*>(out);
+
+// Visibility of the 64 keys with tree indices ts .. ts + 63 (t = key - prefix) for one query
+// row: bit j set when ts + j < tree_len (= the split's end - prefix) and the key is a prefix
+// key (t < 0) or an ancestor-or-self tree node (its bit in the row's packed mask of W words).
+__device__ __forceinline__ uint64_t tree_visibility_word(const uint64_t* mrow, int W, int ts, int tree_len) {
+  auto word = [&](int i) -> uint64_t { return i < 0 ? ~0ull : (i < W ? mrow[i] : 0ull); };
+  const int lo = ts >> 6, sh = ts & 63;  // (floor division: ts may be negative)
+  const uint64_t a = word(lo);
+  const uint64_t v = sh ? (a >> sh) | (word(lo + 1) << (64 - sh)) : a;
+  const int keep = tree_len - ts;  // bits [0, keep) may be visible
+  return keep <= 0 ? 0ull : (keep < 64 ? v & ((1ull << keep) - 1) : v);
+}
+
+// Each consumer warp merges kRows rows of the cluster's partials at a time (lane = 4
+// dimensions), every split's partial of all of them in flight at once.
+template <typename T, int kRows = 3>
+__device__ __forceinline__ void tw_cluster_merge(const TreeAttnParams& p, int lr_beg, int lr_end, int r0, int b, int h,
+                                                 int G, int64_t split_stride) {
+  constexpr int D = 128;
+  const int n = p.cluster, lane = threadIdx.x % 32, cw = (threadIdx.x - 128) / 32;
+  auto out_row = [&](int r) {  // packed row -> row of out / lse ([B, N, Hq])
+    return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
+  };
+#pragma unroll 1
+  for (int lr0 = lr_beg + cw * kRows; lr0 < lr_end; lr0 += 8 * kRows) {
+    float ls[kRows][kTwMaxCluster];
+    float4 x[kRows][kTwMaxCluster];
+    int64_t row[kRows];
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      row[i] = out_row(r0 + min(lr0 + i, lr_end - 1));
+#pragma unroll
+      for (int s = 0; s < kTwMaxCluster; ++s)  // (L2 only: written in this kernel)
+        if (s < n) {
+          ls[i][s] = __ldcg(p.part_lse + s * split_stride + row[i]);
+          x[i][s] = __ldcg(reinterpret_cast<const float4*>(p.part_out + (s * split_stride + row[i]) * D + lane * 4));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      if (lr0 + i >= lr_end) break;
+      float M = -INFINITY;
+#pragma unroll
+      for (int s = 0; s < kTwMaxCluster; ++s)
+        if (s < n) M = fmaxf(M, ls[i][s]);
+      float L = 0.f;
+      float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int s = 0; s < kTwMaxCluster; ++s)
+        if (s < n && ls[i][s] != -INFINITY) {
+          const float w = __expf(ls[i][s] - M);
+          L += w;
+          O.x += w * x[i][s].x, O.y += w * x[i][s].y, O.z += w * x[i][s].z, O.w += w * x[i][s].w;
+        }
+      const float il = L > 0.f ? 1.f / L : 0.f;
+      T* out = static_cast<T*>(p.out) + row[i] * D + lane * 4;
+      *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
+      if (lane == 0) p.lse[row[i]] = L > 0.f ? M + logf(L) : -INFINITY;
+    }
+  }
 }
 
 template <typename T, int kStages, bool kOverlap, int kTwKeys>
@@ -134,10 +187,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       for (int it = 1; it < n_tiles; ++it) issue_tile(it);
     }
     __syncwarp();
-    if (p.cluster > 1) {  // no thread may leave before the cluster's two barriers
-      cluster_arrive_wait();
-      cluster_arrive_wait();
-    }
+    if (p.cluster > 1) cluster_arrive_wait();  // (every thread of the cluster takes part)
     return;
   }
   // ------------------------------------------------------------------------- consumers
@@ -205,16 +255,36 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 
       // Mask: keys past the split, tree keys that are not ancestors-or-self.
       if (k0 + kTwKeys > min(prefix, kend)) {
+        if constexpr (kTwKeys == 128) {
+          // The thread's columns as visibility bits, one word (64 keys) at a time, then a
+          // constant-position bit test per score (a mask-word load per score was ~25
+          // instructions and a serialised load each: ~1.5 us per masked tile).
 #pragma unroll
-        for (int i = 0; i < kTwKeys / 2; ++i) {
-          const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
-          const int e = (i >> 1) & 1;
-          bool ok = key < kend;
-          if (ok && key >= prefix) {
-            const int t = key - prefix;
-            ok = (mrow[e][t >> 6] >> (t & 63)) & 1ull;
+          for (int e = 0; e < 2; ++e)  // row e: s[4 jb + 2 e + c], column 8 jb + 2 tig + c
+#pragma unroll
+            for (int w = 0; w < 2; ++w) {
+              const uint64_t vis = tree_visibility_word(mrow[e], p.W, k0 + 2 * tig - prefix + 64 * w, kend - prefix);
+#pragma unroll
+              for (int jb = 8 * w; jb < 8 * w + 8; ++jb)
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+                  if (!((vis >> (8 * jb + c - 64 * w)) & 1ull)) s[4 * jb + 2 * e + c] = -INFINITY;
+            }
+        } else {
+          // 176-key tiles (long splits: one masked tile in ~24) keep the per-score mask-word
+          // load: the word-at-a-time path above needs registers this width does not have
+          // (ptxas spills in the key loop).
+#pragma unroll
+          for (int i = 0; i < kTwKeys / 2; ++i) {
+            const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
+            const int e = (i >> 1) & 1;
+            bool ok = key < kend;
+            if (ok && key >= prefix) {
+              const int t = key - prefix;
+              ok = (mrow[e][t >> 6] >> (t & 63)) & 1ull;
+            }
+            if (!ok) s[i] = -INFINITY;
           }
-          if (!ok) s[i] = -INFINITY;
         }
       }
       float alpha[2];
@@ -250,76 +320,42 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   auto out_row = [&](int r) {  // packed row -> row of out / lse ([B, N, Hq])
     return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
   };
-  if (p.cluster > 1) {
-    // Every split's normalised rows go to its shared memory (the K/V ring is free once
-    // both consumers are done), then each CTA of the cluster merges a share of the rows.
-    float* mo = reinterpret_cast<float*>(k_s);  // [kTwRows][kTwMergeStride]
-    float* ml = mo + kTwRows * kTwMergeStride;  // [kTwRows]
-    named_bar_sync(3, 256);
+  if (active) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      float* dst = mo + (lrow + 8 * e) * kTwMergeStride;
+      const int r = r0 + lrow + 8 * e;
+      if (r >= rows) continue;
+      const int64_t row = out_row(r);
+      if (p.splits == 1) {
+        T* out = static_cast<T*>(p.out) + row * D;
 #pragma unroll
-      for (int jb = 0; jb < 16; ++jb)
-        *reinterpret_cast<float2*>(dst + jb * 8 + 2 * tig) =
-            make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) ml[lrow + 8 * e] = lse[e];
+        for (int jb = 0; jb < 16; ++jb)
+          *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
+              pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+        if (tig == 0) p.lse[row] = lse[e];
+      } else {
+        const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
+        float* out = p.part_out + prow * D;
+#pragma unroll
+        for (int jb = 0; jb < 16; ++jb)
+          *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
+              make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+        if (tig == 0) p.part_lse[prow] = lse[e];
+      }
     }
-    cluster_arrive_wait();  // every split's rows are in its shared memory
+  }
+  if (p.cluster > 1) {
+    // The cluster is this row tile's splits (rank = split): once every split's partial rows
+    // are written (the barrier orders them at cluster scope), each CTA merges a share of the
+    // rows, reading them from L2. (The exchange through distributed shared memory this
+    // replaced measured the same, 4K N = 60 20.0-20.5 vs 20.2 us, with a staging copy and a
+    // second cluster barrier.)
+    cluster_arrive_wait();
     const int n = p.cluster, rank = static_cast<int>(cluster_rank());
     const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
     const int lr_beg = rank * per, lr_end = min(valid, lr_beg + per);
-    for (int t = threadIdx.x - 128; t < (lr_end - lr_beg) * (D / 4); t += 256) {
-      const int lr = lr_beg + t / (D / 4), d = (t % (D / 4)) * 4;
-      float ls[kTwMaxCluster];
-      float M = -INFINITY;
-#pragma unroll
-      for (int s = 0; s < kTwMaxCluster; ++s)
-        if (s < n) {
-          ls[s] = *cluster_map(ml + lr, s);
-          M = fmaxf(M, ls[s]);
-        }
-      float L = 0.f;
-      float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int s = 0; s < kTwMaxCluster; ++s)
-        if (s < n && ls[s] != -INFINITY) {
-          const float w = __expf(ls[s] - M);
-          const float4 x = *cluster_map(reinterpret_cast<const float4*>(mo + lr * kTwMergeStride + d), s);
-          L += w;
-          O.x += w * x.x, O.y += w * x.y, O.z += w * x.z, O.w += w * x.w;
-        }
-      const float il = L > 0.f ? 1.f / L : 0.f;
-      const int64_t row = out_row(r0 + lr);
-      T* out = static_cast<T*>(p.out) + row * D + d;
-      *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
-      if (d == 0) p.lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
-    }
-    cluster_arrive_wait();  // no CTA leaves while another may still read its shared memory
-    return;
-  }
-  if (!active) return;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = r0 + lrow + 8 * e;
-    if (r >= rows) continue;
-    const int64_t row = out_row(r);
-    if (p.splits == 1) {
-      T* out = static_cast<T*>(p.out) + row * D;
-#pragma unroll
-      for (int jb = 0; jb < 16; ++jb)
-        *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
-            pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) p.lse[row] = lse[e];
-    } else {
-      const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
-      float* out = p.part_out + prow * D;
-#pragma unroll
-      for (int jb = 0; jb < 16; ++jb)
-        *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
-            make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-      if (tig == 0) p.part_lse[prow] = lse[e];
-    }
+    const int64_t split_stride = static_cast<int64_t>(p.B) * p.N * p.Hq;
+    tw_cluster_merge<T>(p, lr_beg, lr_end, r0, b, h, G, split_stride);
   }
 #else
   __trap();  // built without sm_90a: the launcher never picks this kernel

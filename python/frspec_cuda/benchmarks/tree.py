@@ -131,7 +131,10 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 rows.append(dict(op="tree_attention", impl="flex", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
         us, how = {}, {}
         for name, f in timed.items():
-            os.environ["FRSPEC_TREE_CLUSTER"] = "0" if "merge kernel" in name else "1"  # read at launch
+            if "splits" in name:  # the sweep: a cluster where one fits, or the merge kernel (read at launch)
+                os.environ["FRSPEC_TREE_CLUSTER"] = "0" if "merge kernel" in name else "1"
+            else:
+                os.environ.pop("FRSPEC_TREE_CLUSTER", None)
             with decoder.launch_settings(pdl="no PDL" not in name):
                 t = graph_time_us(f, device, calls)
                 how[name] = "graph"
