@@ -233,6 +233,26 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const int st = it % kStages;
       const uint32_t parity = (it / kStages) & 1;
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;
+      // Keys past the split and tree keys that are not ancestors-or-self are masked: for this
+      // thread's columns of the tile (8 jb + 2 tig + c), visibility bits 2 jb + c per row,
+      // gathered here, before the scores occupy registers, from one visibility word per 64
+      // keys; applied below by constant-position bit tests. (A mask-word load per score
+      // was ~25 instructions and a serialised load each: ~1.5 us per masked tile.)
+      const bool masked = k0 + kTwKeys > min(prefix, kend);
+      uint64_t vis_bits[2] = {0ull, 0ull};
+      if (masked) {
+        constexpr int kWin = (8 * (kTwKeys / 8 - 1) + 2 + 63) / 64;
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+          for (int w = 0; w < kWin; ++w) {
+            const uint64_t v = tree_visibility_word(mrow[e], p.W, k0 + 2 * tig - prefix + 64 * w, kend - prefix);
+#pragma unroll
+            for (int jb = 8 * w; jb < min(8 * w + 8, kTwKeys / 8); ++jb)
+#pragma unroll
+              for (int c2 = 0; c2 < 2; ++c2) vis_bits[e] |= ((v >> (8 * jb + c2 - 64 * w)) & 1ull) << (2 * jb + c2);
+          }
+      }
       mbar_wait(&k_full[st], parity);
       if (pingpong) named_bar_sync(1 + c, 256);
       float s[kTwKeys / 2];
@@ -253,39 +273,10 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(&k_empty[st]);
 
-      // Mask: keys past the split, tree keys that are not ancestors-or-self.
-      if (k0 + kTwKeys > min(prefix, kend)) {
-        if constexpr (kTwKeys == 128) {
-          // The thread's columns as visibility bits, one word (64 keys) at a time, then a
-          // constant-position bit test per score (a mask-word load per score was ~25
-          // instructions and a serialised load each: ~1.5 us per masked tile).
+      if (masked) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e)  // row e: s[4 jb + 2 e + c], column 8 jb + 2 tig + c
-#pragma unroll
-            for (int w = 0; w < 2; ++w) {
-              const uint64_t vis = tree_visibility_word(mrow[e], p.W, k0 + 2 * tig - prefix + 64 * w, kend - prefix);
-#pragma unroll
-              for (int jb = 8 * w; jb < 8 * w + 8; ++jb)
-#pragma unroll
-                for (int c = 0; c < 2; ++c)
-                  if (!((vis >> (8 * jb + c - 64 * w)) & 1ull)) s[4 * jb + 2 * e + c] = -INFINITY;
-            }
-        } else {
-          // 176-key tiles (long splits: one masked tile in ~24) keep the per-score mask-word
-          // load: the word-at-a-time path above needs registers this width does not have
-          // (ptxas spills in the key loop).
-#pragma unroll
-          for (int i = 0; i < kTwKeys / 2; ++i) {
-            const int key = k0 + (i / 4) * 8 + 2 * tig + (i & 1);
-            const int e = (i >> 1) & 1;
-            bool ok = key < kend;
-            if (ok && key >= prefix) {
-              const int t = key - prefix;
-              ok = (mrow[e][t >> 6] >> (t & 63)) & 1ull;
-            }
-            if (!ok) s[i] = -INFINITY;
-          }
-        }
+        for (int i = 0; i < kTwKeys / 2; ++i)  // s[4 jb + 2 e + c]: bit 2 jb + c of row e
+          if (!((vis_bits[(i >> 1) & 1] >> (2 * (i / 4) + (i & 1))) & 1ull)) s[i] = -INFINITY;
       }
       float alpha[2];
       wg_online_softmax_fma(s, m, l, alpha, sl2);
