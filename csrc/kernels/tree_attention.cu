@@ -49,8 +49,8 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 // 176, where each split has >= 4096 keys and both consumer warpgroups have rows; else 128.
 // Interleaved A/B on an H100 (bench/NOTES.md, tree v8 and after): at 32K 176 is equal or
 // faster (B = 4, N = 128 502.7 vs 481.5 us; first version 4-8% on all four 32K shapes); from
-// 1K to 8K keys 128 is (B = 1, N = 60 4K 19.5 vs 20.5 us, N = 128 8K 40.1 vs 42.2: the first,
-// larger tiles arrive later). FRSPEC_TREE_KEYS=128 / 176 forces one (read per call; for
+// 1K to 8K keys 128 is (B = 1, N = 60 4K 19.5 vs 20.5 us, N = 128 8K 40.1 vs 42.2; likely the
+// larger first tiles arriving later). FRSPEC_TREE_KEYS=128 / 176 forces one (read per call; for
 // measurement and tests).
 static int ws_keys(int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t splits) {
   if (const char* env = std::getenv("FRSPEC_TREE_KEYS")) {
