@@ -1,4 +1,6 @@
-"""Tree attention A/B over an environment knob read at launch (e.g. FRSPEC_TREE_CLUSTER), over
+"""Tree attention A/B over an environment knob read at launch (FRSPEC_TREE_CLUSTER=0 / 1: splits
+merged by the merge kernel / in a cluster wherever one fits; FRSPEC_TREE_KEYS=128 / 176: the
+wgmma kernel's key-tile width), over
 implementations (VAR = impl), split counts (VAR = splits; 0 = auto) or programmatic
 dependent launch (VAR = pdl; 0 / 1): each round times every value once per shape
 (interleaved, so clock drift hits all alike), GPU time from CUDA-graph replays over L2-cold
