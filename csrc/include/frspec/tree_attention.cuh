@@ -39,8 +39,9 @@ struct TreeAttnParams {
   float* part_out;           // [splits, B, N, Hq, D] fp32 (splits > 1)
   float* part_lse;           // [splits, B, N, Hq]
   int B, N, Hq, Hkv, D, L_max, W, splits, row_tiles;
-  int cluster;       // tree_decode_kernel only: > 1 = the splits of a KV head form one thread-block
-                     // cluster and merge in distributed shared memory (no partials, no merge kernel)
+  int cluster;       // > 1: the splits form one thread-block cluster and merge in the kernel (no
+                     // merge kernel): tree_decode_kernel's (a KV head's) through distributed shared
+                     // memory, the wgmma kernel's (a row tile's) through L2 after a cluster barrier
   float scale_log2;  // softmax scale * log2(e)
 };
 
