@@ -52,6 +52,12 @@ __device__ __forceinline__ uint64_t tree_visibility_word(const uint64_t* mrow, i
   return keep <= 0 ? 0ull : (keep < 64 ? v & ((1ull << keep) - 1) : v);
 }
 
+// Packed row r of a KV head's tile space (node r / G, query head h G + r % G) -> its row of
+// out / lse ([B, N, Hq]).
+__device__ __forceinline__ int64_t tw_out_row(const TreeAttnParams& p, int b, int h, int G, int r) {
+  return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
+}
+
 // Each consumer warp merges kRows rows of the cluster's partials at a time (lane = 4
 // dimensions), every split's partial of all of them in flight at once.
 template <typename T, int kRows = 3>
@@ -59,9 +65,6 @@ __device__ __forceinline__ void tw_cluster_merge(const TreeAttnParams& p, int lr
                                                  int G, int64_t split_stride) {
   constexpr int D = 128;
   const int n = p.cluster, lane = threadIdx.x % 32, cw = (threadIdx.x - 128) / 32;
-  auto out_row = [&](int r) {  // packed row -> row of out / lse ([B, N, Hq])
-    return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
-  };
 #pragma unroll 1
   for (int lr0 = lr_beg + cw * kRows; lr0 < lr_end; lr0 += 8 * kRows) {
     float ls[kRows][kTwMaxCluster];
@@ -69,7 +72,7 @@ __device__ __forceinline__ void tw_cluster_merge(const TreeAttnParams& p, int lr
     int64_t row[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
-      row[i] = out_row(r0 + min(lr0 + i, lr_end - 1));
+      row[i] = tw_out_row(p, b, h, G, r0 + min(lr0 + i, lr_end - 1));
 #pragma unroll
       for (int s = 0; s < kTwMaxCluster; ++s)  // (L2 only: written in this kernel)
         if (s < n) {
@@ -308,15 +311,12 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     inv[e] = l[e] > 0.f ? 1.f / l[e] : 0.f;
     lse[e] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
   }
-  auto out_row = [&](int r) {  // packed row -> row of out / lse ([B, N, Hq])
-    return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
-  };
   if (active) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int r = r0 + lrow + 8 * e;
       if (r >= rows) continue;
-      const int64_t row = out_row(r);
+      const int64_t row = tw_out_row(p, b, h, G, r);
       if (p.splits == 1) {
         T* out = static_cast<T*>(p.out) + row * D;
 #pragma unroll
