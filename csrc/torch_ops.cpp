@@ -548,6 +548,19 @@ int64_t set_gemv_l2_prefetch_bytes(int64_t budget) { return frspec::set_gemv_l2_
 
 // What this binary was built with (string literals defined by CMakeLists.txt);
 // `python -m frspec_cuda info` prints it.
+// The split count tree_attention takes for a shape (0 = its own choice; for benchmarks and
+// tests of the split rule). Reads the current device's SM count.
+int64_t tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t max_len,
+                                  bool bf16, int64_t num_splits, int64_t impl) {
+  TORCH_CHECK(B >= 1 && N >= 1 && Hkv >= 1 && Hq % Hkv == 0 && (D == 64 || D == 128) && max_len >= N,
+              "tree_attention_num_splits: bad shape B=", B, " N=", N, " Hq=", Hq, " Hkv=", Hkv, " D=", D,
+              " max_len=", max_len);
+  TORCH_CHECK(impl >= 0 && impl <= 3, "impl must be 0..3, got ", impl);
+  return frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, max_len,
+                                           bf16 ? frspec::DType::kBFloat16 : frspec::DType::kFloat16, num_splits,
+                                           static_cast<frspec::TreeAttnImpl>(impl));
+}
+
 std::string build_info() {
   return std::string("{\"cuda_archs\": \"") + FRSPEC_CUDA_ARCHS +
          "\", \"cuda_runtime\": " + std::to_string(CUDART_VERSION) +
@@ -558,6 +571,9 @@ std::string build_info() {
 
 TORCH_LIBRARY(frspec_cuda, m) {
   m.def("build_info() -> str", &build_info);
+  m.def("tree_attention_num_splits(int batch, int nodes, int q_heads, int kv_heads, int head_dim, int max_len,"
+        " bool bf16, int num_splits=0, int impl=0) -> int",
+        &tree_attention_num_splits);
   m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b)"
         " -> (Tensor out, Tensor lse)");
   m.def("fr_lm_head_topk(Tensor hidden, Tensor weight, Tensor ids, int k)"

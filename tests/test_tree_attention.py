@@ -82,6 +82,8 @@ CASES = [
     (2, 37, 12, 4, 128, [129, 3000]),  # G = 3, 111 rows: one tile, both consumers
     (1, 20, 6, 2, 128, [1000]),  # 60 rows: one consumer warpgroup sits out
     (2, 43, 24, 8, 128, [0, 1]),  # G = 3, 129 rows: a second tile with one row
+    # B = 5: 80 row tiles leave SMs idle in one wave; auto takes several waves of more splits
+    (5, 60, 32, 8, 128, [8192, 3000, 0, 8100, 4097]),
 ]
 
 
@@ -117,6 +119,28 @@ def test_kernel_176_key_tiles(case, dtype, num_splits, monkeypatch):
     """The wgmma kernel with 176-key tiles (FRSPEC_TREE_KEYS, read per call)."""
     monkeypatch.setenv("FRSPEC_TREE_KEYS", "176")
     check_rule(case, dtype, num_splits, "wgmma")
+
+
+@requires_kernel("tree_attention")
+def test_split_rule():
+    """One wave of CTAs where the row tiles fill the SMs; several waves of more splits where
+    one wave would leave many idle (long caches, two consumer warpgroups per tile)."""
+    if not wgmma_ok(128):
+        pytest.skip("the multi-wave rule is the wgmma kernel's")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    splits = lambda B, N, L, **kw: tree.tree_attention_num_splits(B, N, 32, 8, 128, L, **kw)  # noqa: E731
+    one_wave = lambda ctas: max(1, min(sms // ctas, 8))  # noqa: E731
+    for B in (1, 2, 4):  # 16 B CTAs at N = 60
+        assert splits(B, 60, 32828) == one_wave(16 * B)
+    if sms - 80 * one_wave(80) >= sms // 4:  # B = 5, N = 60: 80 CTAs per split
+        s = splits(5, 60, 32828)
+        assert s > one_wave(80) and 80 * s > sms, s
+        assert splits(5, 60, 32828, dtype=torch.float16) == s
+    assert splits(5, 16, 32784) == one_wave(40)  # 64 rows: one consumer, kept to one wave
+    assert splits(1, 60, 4096, num_splits=5) == 5  # asked for: taken
+    assert splits(1, 60, 4096, num_splits=100) == 32  # capped by the 128-key tiles
+    with pytest.raises(RuntimeError, match="bad shape"):
+        splits(1, 60, 30)
 
 
 def check_rule(case, dtype, num_splits, impl):

@@ -104,6 +104,22 @@ static bool ws_clusters_fit(int64_t ctas, int size) {
   return ctas <= ws_max_active_clusters<T, 2, 128>(size);
 }
 
+// Modelled time (us) of the wgmma kernel plus the merge kernel with `s` splits, for the
+// split count of long caches where the tile's two consumer warpgroups have rows. One CTA
+// per SM, so ctas x s CTAs run in ceil(ctas x s / SMs) waves; each wave costs its CTAs'
+// tiles (ceil(tiles / s) each) plus ~4 us of start-up and epilogue; the merge reads and
+// writes s fp32 partials per row. Constants fitted on an H100 (2026-11-26, bench/NOTES.md
+// tree v9: within ~10% of 40 measured (B, N, prefix, splits) points, the ranking right):
+// 2.3 / 1.7 us per 176- / 128-key tile, 3 TB/s for the partials.
+static double ws_model_us(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t ctas, int64_t s) {
+  const int keys = ws_keys(N, Hq, Hkv, L_max, s);
+  const double per_tile = keys == 176 ? 2.3 : 1.7;
+  const int64_t waves = ceil_div(ctas * s, static_cast<int64_t>(num_sms()));
+  double us = static_cast<double>(waves) * (static_cast<double>(ceil_div(ceil_div(L_max, keys), s)) * per_tile + 4.0);
+  if (s > 1) us += 3.0 + static_cast<double>(s * B * N * Hq) * (128 + 1) * 4 * 2 / 3.0e6;
+  return us;
+}
+
 int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, DType dtype,
                               int64_t requested, TreeAttnImpl impl) {
   impl = resolve_impl(impl, B, N, Hq, Hkv, D, L_max);
@@ -121,7 +137,22 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
     // 13.5 / 15.7 vs 13.9 / 16.3).
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
     const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kTwMaxCluster}));
-    if (L_max > kTwClusterKeys) return static_cast<int>(want);
+    if (L_max > kTwClusterKeys) {
+      // Where one wave leaves SMs idle (ctas not dividing the SM count: B = 3, 5, 6, ...,
+      // up to a third of them), more splits in several waves can finish sooner: take the
+      // split count the model times fastest if it beats the one-wave count by >= 5% (the
+      // model's error). Not for rows <= 64 (one consumer, memory-bound: more splits
+      // measured slower).
+      if (N * (Hq / Hkv) <= 64) return static_cast<int>(want);
+      const double one_wave = ws_model_us(B, N, Hq, Hkv, L_max, ctas, want);
+      int64_t best = want;
+      double best_us = one_wave;
+      for (int64_t s = 1; s <= std::min<int64_t>(max_tiles, kTwMaxWaveSplits); ++s) {
+        const double us = ws_model_us(B, N, Hq, Hkv, L_max, ctas, s);
+        if (us < best_us) best = s, best_us = us;
+      }
+      return static_cast<int>(best_us < 0.95 * one_wave ? best : want);
+    }
     int s = static_cast<int>(want);
     const bool bf16 = dtype == DType::kBFloat16;
     while (s > 1 && !(bf16 ? ws_clusters_fit<__nv_bfloat16>(ctas, s) : ws_clusters_fit<__half>(ctas, s))) --s;

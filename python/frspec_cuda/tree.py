@@ -110,6 +110,20 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
                                                 TREE_ATTENTION_IMPLS[impl])
 
 
+def tree_attention_num_splits(batch: int, nodes: int, q_heads: int, kv_heads: int, head_dim: int, max_len: int,
+                              dtype: torch.dtype = torch.bfloat16, *, num_splits: int = 0,
+                              impl: str = "auto") -> int:
+    """How many key splits `tree_attention` takes on the current CUDA device for this shape
+    (num_splits 0: its own rule -- one wave of CTAs, or several waves where one leaves SMs
+    idle and a timing model says more splits finish sooner)."""
+    if impl not in TREE_ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")
+    _library.require_kernel("tree_attention")
+    return int(torch.ops.frspec_cuda.tree_attention_num_splits(batch, nodes, q_heads, kv_heads, head_dim, max_len,
+                                                                dtype == torch.bfloat16, num_splits,
+                                                                TREE_ATTENTION_IMPLS[impl]))
+
+
 _counters: dict[torch.device, torch.Tensor] = {}
 
 

@@ -24,6 +24,7 @@ constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
 constexpr int kTwClusterKeys = 3072;  // longer caches merge their splits in the merge kernel
+constexpr int kTwMaxWaveSplits = 16;  // split counts the multi-wave rule considers
 // Bytes of one K or V tile of `keys` keys x 128 (two [keys x 64] slabs).
 constexpr size_t tw_tile_bytes(int keys) { return size_t(keys) * 256; }
 // Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
@@ -177,14 +178,19 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     for (int chunk = 0; chunk < 16; ++chunk)
       cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
     cp_async_commit();
-    // The first tile's K/V loads go out while Q is in flight; the other free stages' only
-    // once it has landed: at the start every CTA asks at once, and a first tile queued
-    // behind everyone's second one starts the GEMMs later (measured: 0.3-1.0 us per call
-    // at 512-4K prefixes, bench/NOTES.md tree v7).
-    if (loader && n_tiles > 0) issue_tile(0);
+    // At the start every CTA asks at once, so the order of the first loads matters: K's
+    // first tile goes out while Q is in flight, V's once K's has landed (the first Q K^T
+    // needs only Q and K; 0.3-1.6 us at 4K prefixes, nothing at 32K: bench/NOTES.md tree v9),
+    // each ring's later stages once its first tile has landed (a first tile queued behind
+    // everyone's second one starts the GEMMs later: 0.3-1.0 us at 512-4K, tree v7).
+    if (is_k && n_tiles > 0) issue_tile(0);
     cp_async_wait<0>();
     fence_proxy_async_smem();
     mbar_arrive(q_full);
+    if (loader && !is_k && n_tiles > 0) {
+      mbar_wait(&k_full[0], 0);
+      issue_tile(0);
+    }
     if (loader && n_tiles > 1) {
       mbar_wait(&full[0], 0);
       for (int it = 1; it < n_tiles; ++it) issue_tile(it);
@@ -216,7 +222,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     // Keys past kend in the first (highest) tile are whatever the cache holds there: their
     // scores are masked, but P = 0 times a NaN value is NaN, so zero those V rows once.
     const int k_last = kbeg + (n_tiles - 1) * kTwKeys;
-    if (kend - k_last < kTwKeys) {
+    const bool partial_first = kend - k_last < kTwKeys;
+    auto zero_v_tail = [&] {  // (V's first tile is asked for late: done after the first softmax)
       mbar_wait(&v_full[0], 0);
       const int tid = threadIdx.x - 128, zero_from = kend - k_last;
       for (int i = tid; i < (kTwKeys - zero_from) * 16; i += 128 * consumers) {
@@ -225,7 +232,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       }
       fence_proxy_async_smem();
       named_bar_sync(4, 128 * consumers);  // (1, 2: the ping-pong; 3: the epilogue, where an idle warpgroup may wait)
-    }
+    };
+
     const bool pingpong = consumers == 2;
     if (pingpong && c == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
     uint32_t pf[kTwKeys / 16][4];
@@ -283,6 +291,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       }
       float alpha[2];
       wg_online_softmax_fma(s, m, l, alpha, sl2);
+      if (it == 0 && partial_first) zero_v_tail();  // (before tile 0's P V)
       if (kOverlap) wg_wait_pv(o, &v_empty[prev_st], it > 0);  // tile j-1's P V, before O is rescaled
       wg_rescale(o, alpha);
       wg_pack_p<T>(s, pf);

@@ -90,6 +90,10 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     configs = [(B, N, p) for B in (1, 4) for N in (16, 60, 128) for p in (1024, 4096, 32768)]
     # one-node trees: autoregressive decode steps (the decode kernel vs wgmma)
     configs += [(1, 1, 512), (1, 1, 4096), (1, 1, 32768), (4, 1, 4096), (16, 1, 4096)]
+    # batch sizes whose row tiles do not fill the SMs in one wave: the multi-wave split rule
+    # against the one-wave split count
+    odd_batches = [(3, 60, 32768), (5, 60, 8192), (5, 60, 32768), (6, 128, 8192), (5, 128, 32768)]
+    configs += odd_batches
     if quick:
         configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768), (1, 1, 32768)]
     for B, N, prefix in configs:
@@ -106,6 +110,15 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             timed["frspec decode kernel"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
             if wgmma_available(device):
                 timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
+        elif have and (B, N, prefix) in odd_batches:
+            auto = tree.tree_attention_num_splits(B, N, HQ, HKV, D, L)
+            timed[f"frspec ({auto} splits)"] = lambda i: tree.tree_attention(*sets[i % n], validate=False)
+            if wgmma_available(device):
+                ctas = -(-N * (HQ // HKV) // 128) * HKV * B
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                one = max(1, min(sms // ctas, 8))  # the split count of one full wave
+                timed[f"frspec wgmma, one wave ({one} splits)"] = lambda i, one=one: tree.tree_attention(
+                    *sets[i % n], impl="wgmma", num_splits=one, validate=False)
         elif have:
             timed["frspec"] = lambda i: tree.tree_attention(*sets[i % n], validate=False)
             timed["frspec mma"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
@@ -131,7 +144,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 rows.append(dict(op="tree_attention", impl="flex", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
         us, how = {}, {}
         for name, f in timed.items():
-            if "splits" in name:  # the sweep: a cluster where one fits, or the merge kernel (read at launch)
+            # the split sweep: a cluster where one fits, or the merge kernel (read at launch)
+            if name.startswith("frspec wgmma, ") and "splits" in name and "one wave" not in name:
                 os.environ["FRSPEC_TREE_CLUSTER"] = "0" if "merge kernel" in name else "1"
             else:
                 os.environ.pop("FRSPEC_TREE_CLUSTER", None)
