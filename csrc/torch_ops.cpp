@@ -546,8 +546,6 @@ bool set_programmatic_launch(bool enabled) {
 
 int64_t set_gemv_l2_prefetch_bytes(int64_t budget) { return frspec::set_gemv_l2_prefetch_bytes(budget); }
 
-// What this binary was built with (string literals defined by CMakeLists.txt);
-// `python -m frspec_cuda info` prints it.
 // The split count tree_attention takes for a shape (0 = its own choice; for benchmarks and
 // tests of the split rule). Reads the current device's SM count.
 int64_t tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t max_len,
@@ -561,6 +559,8 @@ int64_t tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv,
                                            static_cast<frspec::TreeAttnImpl>(impl));
 }
 
+// What this binary was built with (string literals defined by CMakeLists.txt);
+// `python -m frspec_cuda info` prints it.
 std::string build_info() {
   return std::string("{\"cuda_archs\": \"") + FRSPEC_CUDA_ARCHS +
          "\", \"cuda_runtime\": " + std::to_string(CUDART_VERSION) +
