@@ -38,6 +38,7 @@ def _flex_call(q, k, v, A, P):
 
     Tq, Tk = q.shape[0], k.shape[0]
     bm = create_block_mask(_visible(A, P), None, None, Tq, Tk, device=q.device)
+    torch._dynamo.reset()  # timed right away; past dynamo's recompile limit flex would run eagerly
     fn = torch.compile(flex_attention, dynamic=False)
     qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     call = lambda: fn(qt, kt, vt, block_mask=bm, enable_gqa=True)  # noqa: E731
