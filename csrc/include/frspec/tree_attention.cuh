@@ -346,30 +346,49 @@ __global__ void __launch_bounds__(kTdWarps * 32) tree_decode_kernel(const TreeAt
 #endif
 }
 
-// Merge the split partials of each (sequence, node, query head) row: one warp per row.
-// The split weights exp(lse_s - max) are computed once (lane s) and kept in shared
-// memory; each lane then reads its D / 32 consecutive dimensions of kMergeUnroll splits at
-// once (16- or 8-byte loads, all in flight): the partials come from L2, and the merge is
-// bound by how many bytes each SM has in flight (with 4 scalar loads per lane, B = 1, N = 60
-// at 4K through this kernel took 24.1 us, now 20.6; a loop that waited for each load in
-// turn cost ~17 us per decode layer at 13 splits).
+// Merge the split partials of each (sequence, node, query head) row: one warp per row, each
+// lane D / 32 consecutive dimensions. The first kMergeUnroll splits' partials (16- or 8-byte
+// loads) and every split's LSE are asked for at once -- the loads need nothing, only the
+// weights need the LSEs -- so one L2 round trip precedes the arithmetic (the partials come
+// from L2, and the merge is bound by bytes in flight and round trips: with 4 scalar loads
+// per lane, B = 1, N = 60 at 4K took 24.1 us, with 8 vector loads 20.6, with the LSEs
+// alongside 18.9; bench/NOTES.md). Lane s keeps the weights of splits s and s + 32 in
+// registers; shuffles hand them out.
 constexpr int kMergeWarps = 8;
-constexpr int kMergeMaxSplits = 64;
+constexpr int kMergeMaxSplits = 64;  // two weights per lane
 constexpr int kMergeUnroll = 8;
 
-// acc (+)= w_s * partial_s over the splits, V consecutive floats per lane.
-template <int V>
-__device__ __forceinline__ void merge_accumulate(const float* __restrict__ part_out, const float* weight, int splits,
-                                                 int64_t rows, int64_t row, int D, int lane, float (&acc)[V]) {
+template <typename T, int V>
+__device__ __forceinline__ void merge_row(const float* __restrict__ part_out, const float* __restrict__ part_lse,
+                                          int splits, int64_t rows, int64_t row, int D, int lane, T* __restrict__ out,
+                                          float* __restrict__ lse) {
   using Vec = typename std::conditional<V == 4, float4, float2>::type;
-  for (int s0 = 0; s0 < splits; s0 += kMergeUnroll) {
-    Vec x[kMergeUnroll];
+  Vec x[kMergeUnroll];
 #pragma unroll
-    for (int u = 0; u < kMergeUnroll; ++u)
-      if (s0 + u < splits) x[u] = *reinterpret_cast<const Vec*>(part_out + ((s0 + u) * rows + row) * D + lane * V);
+  for (int u = 0; u < kMergeUnroll; ++u)
+    if (u < splits) x[u] = *reinterpret_cast<const Vec*>(part_out + (u * rows + row) * D + lane * V);
+  const float l0 = lane < splits ? part_lse[lane * rows + row] : -INFINITY;
+  const float l1 = lane + 32 < splits ? part_lse[(lane + 32) * rows + row] : -INFINITY;
+  float mx = fmaxf(l0, l1);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  const float ref = mx == -INFINITY ? 0.f : mx;
+  const float w0 = l0 == -INFINITY ? 0.f : __expf(l0 - ref), w1 = l1 == -INFINITY ? 0.f : __expf(l1 - ref);
+  float wsum = w0 + w1;
+  for (int o = 16; o > 0; o >>= 1) wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
+  float acc[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) acc[i] = 0.f;
+  for (int s0 = 0; s0 < splits; s0 += kMergeUnroll) {
+    if (s0 > 0) {
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u)
+        if (s0 + u < splits) x[u] = *reinterpret_cast<const Vec*>(part_out + ((s0 + u) * rows + row) * D + lane * V);
+    }
 #pragma unroll
     for (int u = 0; u < kMergeUnroll; ++u) {
-      const float w = s0 + u < splits ? weight[s0 + u] : 0.f;
+      const int s = s0 + u;  // (uniform across the warp)
+      if (s >= splits) break;
+      const float w = __shfl_sync(0xffffffffu, s < 32 ? w0 : w1, s & 31);
       if (w > 0.f) {  // an empty split's partial may be 0 / 0
         const float* xf = reinterpret_cast<const float*>(&x[u]);
 #pragma unroll
@@ -377,42 +396,28 @@ __device__ __forceinline__ void merge_accumulate(const float* __restrict__ part_
       }
     }
   }
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  if constexpr (V == 4)
+    *reinterpret_cast<uint2*>(out + row * D + lane * 4) =
+        make_uint2(pack2<T>(acc[0] * inv, acc[1] * inv), pack2<T>(acc[2] * inv, acc[3] * inv));
+  else
+    *reinterpret_cast<uint32_t*>(out + row * D + lane * 2) = pack2<T>(acc[0] * inv, acc[1] * inv);
+  if (lane == 0) lse[row] = wsum > 0.f ? ref + logf(wsum) : -INFINITY;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     tree_attention_merge_kernel(const float* __restrict__ part_out, const float* __restrict__ part_lse, int splits,
                                 int64_t rows, int D, T* __restrict__ out, float* __restrict__ lse) {
-  __shared__ float weight[kMergeWarps][kMergeMaxSplits];
   pdl_launch_dependents();  // PDL: nothing read before the previous kernel finished
   pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kMergeWarps + warp;
   if (row >= rows) return;  // whole warps leave: no block-wide barrier follows
-  float mx = -INFINITY;
-  for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, part_lse[s * rows + row]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  const float ref = mx == -INFINITY ? 0.f : mx;
-  float wsum = 0.f;
-  for (int s = lane; s < splits; s += 32) {
-    const float w = __expf(part_lse[s * rows + row] - ref);
-    weight[warp][s] = w;
-    wsum += w;
-  }
-  for (int o = 16; o > 0; o >>= 1) wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
-  __syncwarp();
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-  if (D == 128) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    merge_accumulate<4>(part_out, weight[warp], splits, rows, row, D, lane, acc);
-    *reinterpret_cast<uint2*>(out + row * D + lane * 4) =
-        make_uint2(pack2<T>(acc[0] * inv, acc[1] * inv), pack2<T>(acc[2] * inv, acc[3] * inv));
-  } else {  // D == 64
-    float acc[2] = {0.f, 0.f};
-    merge_accumulate<2>(part_out, weight[warp], splits, rows, row, D, lane, acc);
-    *reinterpret_cast<uint32_t*>(out + row * D + lane * 2) = pack2<T>(acc[0] * inv, acc[1] * inv);
-  }
-  if (lane == 0) lse[row] = wsum > 0.f ? ref + logf(wsum) : -INFINITY;
+  if (D == 128)
+    merge_row<T, 4>(part_out, part_lse, splits, rows, row, D, lane, out, lse);
+  else
+    merge_row<T, 2>(part_out, part_lse, splits, rows, row, D, lane, out, lse);
 }
 
 }  // namespace frspec
