@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     cp_async_commit();
     // At the start every CTA asks at once, so the order of the first loads matters: K's
     // first tile goes out while Q is in flight, V's once K's has landed (the first Q K^T
-    // needs only Q and K; 0.3-1.6 us at 4K prefixes, nothing at 32K: bench/NOTES.md tree v9),
+    // needs only Q and K; 0.1-1.6 us at 4K prefixes, nothing at 32K: bench/NOTES.md tree v9),
     // each ring's later stages once its first tile has landed (a first tile queued behind
     // everyone's second one starts the GEMMs later: 0.3-1.0 us at 512-4K, tree v7).
     if (is_k && n_tiles > 0) issue_tile(0);
