@@ -131,7 +131,8 @@ def test_split_rule():
     splits = lambda B, N, L, **kw: tree.tree_attention_num_splits(B, N, 32, 8, 128, L, **kw)  # noqa: E731
     one_wave = lambda ctas: max(1, min(sms // ctas, 8))  # noqa: E731
     for B in (1, 2, 4):  # 16 B CTAs at N = 60
-        assert splits(B, 60, 32828) == one_wave(16 * B)
+        if sms - 16 * B * one_wave(16 * B) <= sms // 10:  # one wave fills >= 90% of the SMs (132: all three)
+            assert splits(B, 60, 32828) == one_wave(16 * B), B
     if sms - 80 * one_wave(80) >= sms // 4:  # B = 5, N = 60: 80 CTAs per split
         s = splits(5, 60, 32828)
         assert s > one_wave(80) and 80 * s > sms, s
