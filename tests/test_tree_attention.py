@@ -112,6 +112,15 @@ def test_kernel_split_merge_paths(case, num_splits, cluster, monkeypatch):
 
 
 @requires_kernel("tree_attention")
+@pytest.mark.parametrize("case", [0, 3, 7])
+@pytest.mark.parametrize("impl", ["mma", "wgmma"])
+def test_kernel_more_than_32_splits(case, impl):
+    """40 splits (capped by the key tiles where fewer): the merge kernel's second weight per
+    lane (splits 32..63) and its later load rounds."""
+    check_rule(case, torch.bfloat16, 40, impl)
+
+
+@requires_kernel("tree_attention")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("num_splits", [0, 1, 3, 8, 13])
