@@ -255,6 +255,13 @@ void compact_kv_cache(const at::Tensor& kv_cache, const at::Tensor& cache_len, c
                "compact_kv_cache");
 }
 
+// tree_attention's impl argument (both tree-attention ops take it).
+frspec::TreeAttnImpl tree_attention_impl(int64_t impl) {
+  TORCH_CHECK(impl >= 0 && impl <= 3, "tree_attention impl must be 0 (auto), 1 (mma), 2 (wgmma) or 3 (wgmma_serial), got ",
+              impl);
+  return static_cast<frspec::TreeAttnImpl>(impl);
+}
+
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                   const at::Tensor& v_cache, const at::Tensor& cache_len,
                                                   const at::Tensor& mask, double scale, int64_t num_splits,
@@ -285,10 +292,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
     TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, name,
                 " must start at a 16-byte aligned address (a view at an odd offset? .clone() it)");
-  TORCH_CHECK(impl >= 0 && impl <= 3, "tree_attention impl must be 0 (auto), 1 (mma), 2 (wgmma) or 3 (wgmma_serial), got ",
-              impl);
+  const auto kind = tree_attention_impl(impl);
   TORCH_CHECK(B <= 65535 && Hkv <= 65535, "batch (", B, ") and kv_heads (", Hkv, ") must be <= 65535");
-  const auto kind = static_cast<frspec::TreeAttnImpl>(impl);
   const int splits = frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, L, dtype, num_splits, kind);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({B, N, Hq}, q.options().dtype(at::kFloat));
@@ -553,10 +558,9 @@ int64_t tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv,
   TORCH_CHECK(B >= 1 && N >= 1 && Hkv >= 1 && Hq % Hkv == 0 && (D == 64 || D == 128) && max_len >= N,
               "tree_attention_num_splits: bad shape B=", B, " N=", N, " Hq=", Hq, " Hkv=", Hkv, " D=", D,
               " max_len=", max_len);
-  TORCH_CHECK(impl >= 0 && impl <= 3, "impl must be 0..3, got ", impl);
   return frspec::tree_attention_num_splits(B, N, Hq, Hkv, D, max_len,
                                            bf16 ? frspec::DType::kBFloat16 : frspec::DType::kFloat16, num_splits,
-                                           static_cast<frspec::TreeAttnImpl>(impl));
+                                           tree_attention_impl(impl));
 }
 
 // What this binary was built with (string literals defined by CMakeLists.txt);

@@ -82,6 +82,12 @@ def verify_tree_sampling(tokens, parents, probs, *, uniforms: torch.Tensor | Non
 TREE_ATTENTION_IMPLS = {"auto": 0, "mma": 1, "wgmma": 2, "wgmma_serial": 3}
 
 
+def _impl_code(impl: str) -> int:
+    if impl not in TREE_ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")
+    return TREE_ATTENTION_IMPLS[impl]
+
+
 def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, *, num_splits: int = 0,
                    impl: str = "auto", validate: bool = True):
     """Attention of the N tree queries over the committed prefix and their ancestors.
@@ -96,8 +102,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     B * max_len > 1024; below that a load-and-shuffle decode kernel), "wgmma_serial" (the same, each tile's P V
     after its softmax; kept for measurement).
     """
-    if impl not in TREE_ATTENTION_IMPLS:
-        raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")
+    code = _impl_code(impl)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not q.is_cuda:
         return ref.tree_attention(q, k_cache, v_cache, cache_len, mask, scale)
@@ -106,8 +111,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
             raise ValueError(f"cache_len + {q.shape[1]} tree nodes must fit max_len {k_cache.shape[1]}, "
                              f"got cache_len {cache_len.tolist()}")
     _library.require_kernel("tree_attention")
-    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits,
-                                                TREE_ATTENTION_IMPLS[impl])
+    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits, code)
 
 
 def tree_attention_num_splits(batch: int, nodes: int, q_heads: int, kv_heads: int, head_dim: int, max_len: int,
@@ -116,12 +120,10 @@ def tree_attention_num_splits(batch: int, nodes: int, q_heads: int, kv_heads: in
     """How many key splits `tree_attention` takes on the current CUDA device for this shape
     (num_splits 0: its own rule -- one wave of CTAs, or several waves where one leaves SMs
     idle and a timing model says more splits finish sooner)."""
-    if impl not in TREE_ATTENTION_IMPLS:
-        raise ValueError(f"impl must be one of {sorted(TREE_ATTENTION_IMPLS)}, got {impl!r}")
+    code = _impl_code(impl)
     _library.require_kernel("tree_attention")
     return int(torch.ops.frspec_cuda.tree_attention_num_splits(batch, nodes, q_heads, kv_heads, head_dim, max_len,
-                                                                dtype == torch.bfloat16, num_splits,
-                                                                TREE_ATTENTION_IMPLS[impl]))
+                                                                dtype == torch.bfloat16, num_splits, code))
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
