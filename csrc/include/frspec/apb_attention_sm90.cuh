@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kApbWgThreads, 1) apb_attention_wgmma_kernel(c
   uint8_t* k_s = smem + kWgTile;      // 2 stages
   uint8_t* v_s = smem + 3 * kWgTile;  // 2 stages
 
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int wg = warpgroup_index(), warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
   const int hq = blockIdx.x, hk = hq / (p.Hq / p.Hkv);
   const int tile = p.q_tiles - 1 - static_cast<int>(blockIdx.y);
@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kApbWsThreads, 1)
   uint64_t* k_empty = bars + 5;  // [2]
   uint64_t* v_empty = bars + 7;  // [2]
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warpgroup_index();
   const int hq = blockIdx.x, hk = hq / (p.Hq / p.Hkv);
   const int tile = p.q_tiles - 1 - static_cast<int>(blockIdx.y);
   const int q0 = tile * kApbWgRows, q_last = min(q0 + kApbWgRows, p.Tq) - 1;

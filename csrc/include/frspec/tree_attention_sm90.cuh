@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   uint64_t* k_empty = bars + 1 + 2 * kStages;  // [kStages]
   uint64_t* v_empty = bars + 1 + 3 * kStages;  // [kStages]
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warpgroup_index();
   const int split = blockIdx.x % p.splits, row_tile = blockIdx.x / p.splits;  // a cluster: one row tile's splits
   const int h = blockIdx.y, b = blockIdx.z;
   const int G = p.Hq / p.Hkv, rows = p.N * G, r0 = row_tile * kTwRows;

@@ -27,6 +27,15 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* smem, uint32_t lbo_by
   return d;
 }
 
+// This thread's warpgroup, broadcast from lane 0 so that ptxas knows it is warp-uniform:
+// the wgmma descriptors derived from it then live in uniform registers, built with uniform
+// adds between the wgmma instructions, instead of in vector registers moved (R2UR) before
+// each one (tree attention: 80 -> 9 instructions between the ping-pong barrier and the
+// first Q K^T wgmma, ~140 fewer per key tile; bench/NOTES.md tree v10).
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
