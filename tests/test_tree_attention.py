@@ -147,6 +147,11 @@ def test_split_rule():
         assert s > one_wave(80) and 80 * s > sms, s
         assert splits(5, 60, 32828, dtype=torch.float16) == s
     assert splits(5, 16, 32784) == one_wave(40)  # 64 rows: one consumer, kept to one wave
+    # short caches: about two 128-key tiles per split, within one wave
+    assert splits(1, 60, 830) == min(one_wave(16), 4)  # 7 tiles
+    assert splits(1, 16, 830) == min(one_wave(8), 4)
+    assert splits(4, 60, 830) == min(one_wave(64), 4)
+    assert splits(1, 60, 3000) == min(one_wave(16), 12)
     assert splits(1, 60, 4096, num_splits=5) == 5  # asked for: taken
     assert splits(1, 60, 4096, num_splits=100) == 32  # capped by the 128-key tiles
     with pytest.raises(RuntimeError, match="bad shape"):

@@ -128,35 +128,33 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
   const int64_t max_tiles = ceil_div(L_max, key_tile);
   if (requested > 0) return static_cast<int>(std::min<int64_t>({requested, max_tiles, kMergeMaxSplits}));
   if (ws) {
-    // One CTA per SM (the K/V ring takes ~200 KB): as many splits as fill one wave, at most
-    // 8. Up to kTwClusterKeys keys the splits of a row tile merge in a cluster (the largest
-    // that fits on the GPU at once); longer, in the merge kernel, which then costs less than
-    // the cluster's exchange and leaves the split count free (H100, 2026-11-26, interleaved:
-    // 4K keys, B = 1, N = 60 / 16 / 128 / 1: clusters 20.1 / 16.0 / 30.4 / 13.3 us vs merge
-    // kernel 19.3 / 14.1 / 28.4 / 12.8; B = 4, N = 60 45.4 vs 42.9; 1K and 2K, N = 60: clusters
-    // 13.5 / 15.7 vs 13.9 / 16.3).
+    // One CTA per SM (the K/V ring takes ~200 KB): at most as many splits as fill one wave,
+    // and at most 8; the splits merge in the merge kernel (the cluster merge measured equal or
+    // slower wherever the split count is right: bench/NOTES.md tree v9, v10).
     const int64_t ctas = ceil_div(N * (Hq / Hkv), kTwRows) * Hkv * B;
     const int64_t want = std::max<int64_t>(1, std::min<int64_t>({num_sms() / ctas, max_tiles, kTwMaxCluster}));
-    if (L_max > kTwClusterKeys) {
-      // Where one wave leaves SMs idle (ctas not dividing the SM count: B = 3, 5, 6, ...,
-      // up to a third of them), more splits in several waves can finish sooner: take the
-      // split count the model times fastest if it beats the one-wave count by >= 5% (the
-      // model's error). Not for rows <= 64 (one consumer, memory-bound: more splits
-      // measured slower).
-      if (N * (Hq / Hkv) <= 64) return static_cast<int>(want);
-      const double one_wave = ws_model_us(B, N, Hq, Hkv, L_max, ctas, want);
-      int64_t best = want;
-      double best_us = one_wave;
-      for (int64_t s = 1; s <= std::min<int64_t>(max_tiles, kTwMaxWaveSplits); ++s) {
-        const double us = ws_model_us(B, N, Hq, Hkv, L_max, ctas, s);
-        if (us < best_us) best = s, best_us = us;
-      }
-      return static_cast<int>(best_us < 0.95 * one_wave ? best : want);
+    if (L_max <= kTwShortKeys) {
+      // Short caches (a decode step's verification): about two key tiles per split. More
+      // splits, each with one tile, cost more in start-up burst and merge than they save
+      // (H100, 2026-11-26, B = 1 N = 60, best / this rule / the former one-wave clusters:
+      // 512 keys 9.9 / 9.9 / 13.8 us, 770 10.2 / 10.2 / 12.3, 2048 13.9 / 14.6 / 15.0; B = 4
+      // N = 60 770 16.8 / 16.8 / 20.9; N = 16 770 7.7 / 7.7 / 9.8; bench/NOTES.md tree v10).
+      return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, ceil_div(max_tiles, 2))));
     }
-    int s = static_cast<int>(want);
-    const bool bf16 = dtype == DType::kBFloat16;
-    while (s > 1 && !(bf16 ? ws_clusters_fit<__nv_bfloat16>(ctas, s) : ws_clusters_fit<__half>(ctas, s))) --s;
-    return std::max(s, 1);
+    // Where one wave leaves SMs idle (ctas not dividing the SM count: B = 3, 5, 6, ...,
+    // up to a third of them), more splits in several waves can finish sooner: take the
+    // split count the model times fastest if it beats the one-wave count by >= 5% (the
+    // model's error). Not for rows <= 64 (one consumer, memory-bound: more splits
+    // measured slower).
+    if (N * (Hq / Hkv) <= 64) return static_cast<int>(want);
+    const double one_wave = ws_model_us(B, N, Hq, Hkv, L_max, ctas, want);
+    int64_t best = want;
+    double best_us = one_wave;
+    for (int64_t s = 1; s <= std::min<int64_t>(max_tiles, kTwMaxWaveSplits); ++s) {
+      const double us = ws_model_us(B, N, Hq, Hkv, L_max, ctas, s);
+      if (us < best_us) best = s, best_us = us;
+    }
+    return static_cast<int>(best_us < 0.95 * one_wave ? best : want);
   }
   if (uses_decode_kernel(N, Hq, Hkv)) {
     // Up to kTdClusterKeys keys: one cluster of <= 8 splits per KV head, ~64+ keys each,
@@ -226,11 +224,10 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
-  // Splits merge in a cluster when it fits and max_len <= kTwClusterKeys (see the split rule);
-  // FRSPEC_TREE_CLUSTER=0 / 1 (read per launch; for measurement) forces the merge kernel / a
-  // cluster wherever one fits.
+  // Splits merge in the merge kernel; FRSPEC_TREE_CLUSTER=1 (read per launch; for measurement)
+  // merges them in a thread-block cluster instead wherever one fits.
   const char* cluster_env = std::getenv("FRSPEC_TREE_CLUSTER");
-  const bool cluster_ok = cluster_env == nullptr ? p.L_max <= kTwClusterKeys : std::strcmp(cluster_env, "0") != 0;
+  const bool cluster_ok = cluster_env != nullptr && std::strcmp(cluster_env, "1") == 0;
   const int64_t ctas = int64_t(p.row_tiles) * p.Hkv * p.B;
   p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster &&
                       ws_clusters_fit<T>(ctas, p.splits)

@@ -95,8 +95,8 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     q [B, N, Hq, D]; k_cache, v_cache [B, L_max, Hkv, D] holding the prefix at
     [0, cache_len[b]) and the tree nodes' keys/values at cache_len[b] + node; mask from
     `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
-    kernel, split over the keys (num_splits 0 = fill the GPU), the splits merged on chip or by
-    a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
+    kernel, split over the keys (num_splits 0 = its own rule, `tree_attention_num_splits`), the
+    splits merged by a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
     warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 on
     an sm_90a build; auto takes it for N > 1, and for one-node trees -- decode steps -- once
     B * max_len > 1024; below that a load-and-shuffle decode kernel), "wgmma_serial" (the same, each tile's P V
@@ -118,8 +118,9 @@ def tree_attention_num_splits(batch: int, nodes: int, q_heads: int, kv_heads: in
                               dtype: torch.dtype = torch.bfloat16, *, num_splits: int = 0,
                               impl: str = "auto") -> int:
     """How many key splits `tree_attention` takes on the current CUDA device for this shape
-    (num_splits 0: its own rule -- one wave of CTAs, or several waves where one leaves SMs
-    idle and a timing model says more splits finish sooner)."""
+    (num_splits 0: its own rule -- up to 3072 keys about two key tiles per split; longer, one
+    wave of CTAs, or several waves where one leaves SMs idle and a timing model says more
+    splits finish sooner)."""
     code = _impl_code(impl)
     _library.require_kernel("tree_attention")
     return int(torch.ops.frspec_cuda.tree_attention_num_splits(batch, nodes, q_heads, kv_heads, head_dim, max_len,

@@ -8,9 +8,9 @@
 // other's tensor-core work; with kOverlap a consumer issues its P V of tile j-1 right behind
 // its Q K^T of tile j (FlashAttention-3's intra-warpgroup overlap in the source; ptxas
 // waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits write fp32
-// partials; where the splits of a row tile form a cluster (<= 8, caches up to
-// kTwClusterKeys) each CTA then merges a share of the rows after a cluster barrier, else the
-// merge kernel does.
+// partials, which the merge kernel merges; where the splits of a row tile are launched as
+// a cluster (<= 8; FRSPEC_TREE_CLUSTER=1, for measurement) each CTA instead merges a share
+// of the rows after a cluster barrier.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (the type only)
@@ -23,7 +23,7 @@ namespace frspec {
 constexpr int kTwRows = 128;  // packed rows per CTA: 2 consumer warpgroups x 64
 constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
-constexpr int kTwClusterKeys = 3072;  // longer caches merge their splits in the merge kernel
+constexpr int kTwShortKeys = 3072;  // caches up to this: about two key tiles per split
 constexpr int kTwMaxWaveSplits = 16;  // split counts the multi-wave rule considers
 // Bytes of one K or V tile of `keys` keys x 128 (two [keys x 64] slabs).
 constexpr size_t tw_tile_bytes(int keys) { return size_t(keys) * 256; }
@@ -123,6 +123,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   uint64_t* v_full = bars + 1 + kStages;       // [kStages]
   uint64_t* k_empty = bars + 1 + 2 * kStages;  // [kStages]
   uint64_t* v_empty = bars + 1 + 3 * kStages;  // [kStages]
+  uint64_t* v_tail = bars + 1 + 4 * kStages;   // the first V tile's rows past the split zeroed
 
   const int wg = warpgroup_index();
   const int split = blockIdx.x % p.splits, row_tile = blockIdx.x / p.splits;  // a cluster: one row tile's splits
@@ -140,6 +141,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       mbar_init(&k_empty[s], 4 * consumers);  // one arrival per consumer warp
       mbar_init(&v_empty[s], 4 * consumers);
     }
+    mbar_init(v_tail, 1);
     mbar_init_fence();
   }
   __syncthreads();
@@ -148,6 +150,10 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   const int per_split = (tiles + p.splits - 1) / p.splits;
   const int kbeg = split * per_split * kTwKeys, kend = min(total, kbeg + per_split * kTwKeys);
   const int n_tiles = kbeg < kend ? (kend - kbeg + kTwKeys - 1) / kTwKeys : 0;
+  // The first tile taken (the split's highest) may end past the split: its keys beyond kend
+  // are masked, but P = 0 times a NaN value is NaN, and the cache holds anything there.
+  const int k_last = kbeg + (n_tiles - 1) * kTwKeys;
+  const bool partial_first = n_tiles > 0 && kend - k_last < kTwKeys;
 
   if (wg == 0) {  // ------------------------------------------------------------ producer
     setmaxnreg_dec<24>();  // (24 / 240 as FlashAttention-3 with two consumer warpgroups: 1.5-3.6% at 32K vs 40 / 232)
@@ -191,6 +197,23 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       mbar_wait(&k_full[0], 0);
       issue_tile(0);
     }
+    if (threadIdx.x / 32 == 1 && partial_first) {
+      // Warp 1 zeroes those V rows once the tile landed (whole rows: the swizzle only
+      // permutes within a row) and releases the tile on v_tail; the consumers wait there
+      // for tile 0's P V instead of on v_full. Done here, off the consumers' path: zeroing
+      // there cost a wait for V's first tile and a barrier between the two consumer
+      // warpgroups right after the first softmax (bench/NOTES.md tree v10).
+      __syncwarp();
+      mbar_wait(&v_full[0], 0);
+      const int lane = threadIdx.x % 32, zero_from = kend - k_last;
+      for (int i = lane; i < (kTwKeys - zero_from) * 16; i += 32) {
+        const int r = zero_from + i / 16, chunk = i % 16;
+        *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
+      }
+      fence_proxy_async_smem();  // (generic-proxy writes, read by wgmma)
+      __syncwarp();
+      if (lane == 0) mbar_arrive(v_tail);
+    }
     if (loader && n_tiles > 1) {
       mbar_wait(&full[0], 0);
       for (int it = 1; it < n_tiles; ++it) issue_tile(it);
@@ -219,19 +242,13 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 
   if (active && n_tiles > 0) {
     mbar_wait(q_full, 0);
-    // Keys past kend in the first (highest) tile are whatever the cache holds there: their
-    // scores are masked, but P = 0 times a NaN value is NaN, so zero those V rows once.
-    const int k_last = kbeg + (n_tiles - 1) * kTwKeys;
-    const bool partial_first = kend - k_last < kTwKeys;
-    auto zero_v_tail = [&] {  // (V's first tile is asked for late: done after the first softmax)
-      mbar_wait(&v_full[0], 0);
-      const int tid = threadIdx.x - 128, zero_from = kend - k_last;
-      for (int i = tid; i < (kTwKeys - zero_from) * 16; i += 128 * consumers) {
-        const int r = zero_from + i / 16, chunk = i % 16;  // whole rows: the swizzle only permutes within a row
-        *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
-      }
-      fence_proxy_async_smem();
-      named_bar_sync(4, 128 * consumers);  // (1, 2: the ping-pong; 3: the epilogue, where an idle warpgroup may wait)
+    // V tile of loop step `it` (stage st, phase parity) landed, and for the first tile its
+    // rows past the split zeroed (by the producer's warp 1).
+    auto wait_v = [&](int it, int st, uint32_t parity) {
+      if (it == 0 && partial_first)
+        mbar_wait(v_tail, 0);
+      else
+        mbar_wait(&v_full[st], parity);
     };
 
     const bool pingpong = consumers == 2;
@@ -272,7 +289,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       // kOverlap: tile j-1's P V goes out behind this Q K^T (one branch per path: ptxas
       // serialises wgmma where it cannot tell which groups are done).
       if (kOverlap && it > 0) {
-        mbar_wait(&v_full[prev_st], prev_parity);
+        wait_v(it - 1, prev_st, prev_parity);
         issue_pv(prev_st);
         if (other_turn) named_bar_arrive(2 - c, 256);  // the other's turn
         wgmma_wait<1>();
@@ -291,12 +308,11 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       }
       float alpha[2];
       wg_online_softmax_fma(s, m, l, alpha, sl2);
-      if (it == 0 && partial_first) zero_v_tail();  // (before tile 0's P V)
       if (kOverlap) wg_wait_pv(o, &v_empty[prev_st], it > 0);  // tile j-1's P V, before O is rescaled
       wg_rescale(o, alpha);
       wg_pack_p<T>(s, pf);
       if (!kOverlap) {
-        mbar_wait(&v_full[st], parity);
+        wait_v(it, st, parity);
         issue_pv(st);
         wg_wait_pv(o, &v_empty[st], true);
       }
@@ -304,7 +320,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       prev_parity = parity;
     }
     if (kOverlap) {  // the last tile's P V
-      mbar_wait(&v_full[prev_st], prev_parity);
+      wait_v(n_tiles - 1, prev_st, prev_parity);
       issue_pv(prev_st);
       wg_wait_pv(o, nullptr, false);
     }

@@ -162,6 +162,13 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             if not flex:
                 rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl="flex",
                                  note="no formulation compiled"))
+            # What one kernel that only moves the same bytes takes in this harness (a copy:
+            # half read, half written): the floor's bandwidth term plus a launch, a ramp and a
+            # drain that any single call pays.
+            half = kv_bytes // 2
+            copies = [(torch.empty(half, dtype=torch.uint8, device=device),
+                       torch.randint(0, 255, (half,), dtype=torch.uint8, device=device)) for _ in range(n)]
+            timed["copy of the same bytes (one kernel)"] = lambda i: copies[i % n][0].copy_(copies[i % n][1])
         us, how = {}, {}
         for name, f in timed.items():
             # the split sweep: a cluster where one fits, or the merge kernel (read at launch)
