@@ -38,3 +38,16 @@ def test_e2e_suite_runs_on_cpu():
     for r in spec_rows:
         assert r["iteration_ms"] > 0 and r["draft_ms"] > 0 and r["verify_ms"] > 0 and r["accept_len"] >= 1
     assert not any("failed" in str(r.get("note", "")) for r in rows), rows
+
+
+def test_kernel_kinds():
+    """The step breakdowns file each of our kernels under the work it does."""
+    kind = e2e.kernel_kind
+    assert kind("void frspec::fr_lm_head_merge_kernel(...)") == "draft head top-k"  # not attention
+    assert kind("void frspec::fr_lm_head_partial_kernel<__nv_bfloat16, 4>(...)") == "draft head top-k"
+    assert kind("void frspec::tree_attention_merge_kernel<__nv_bfloat16>(...)") == "attention"
+    assert kind("void frspec::tree_attention_ws_kernel<__nv_bfloat16, 2, true, 176>(...)") == "attention"
+    assert kind("void frspec::merge_attention_states_kernel<float>(...)") == "attention"
+    assert kind("void frspec::gemv_kernel<__nv_bfloat16>(...)") == "matmul"
+    assert kind("void frspec::rope_qk_store_kv_kernel(...)") == "rope+store"
+    assert kind("elementwise_kernel") == "other"

@@ -160,10 +160,18 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     return rows
 
 
+# First match wins: the draft head's kernels before attention (its merge kernel is
+# fr_lm_head_merge_kernel, which a bare "merge" used to file under attention).
 _KERNEL_KINDS = (("matmul", ("gemv", "gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
-                 ("attention", ("tree_attention", "tree_decode", "merge", "flash", "attention", "fmha")),
-                 ("norm", ("rms_norm",)), ("rope+store", ("rope_qk",)), ("silu_and_mul", ("silu",)),
-                 ("draft head top-k", ("lm_head", "topk")))
+                 ("draft head top-k", ("lm_head", "topk")),
+                 ("attention", ("tree_attention", "tree_decode", "attention", "flash", "fmha")),
+                 ("norm", ("rms_norm",)), ("rope+store", ("rope_qk",)), ("silu_and_mul", ("silu",)))
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of work a CUDA kernel (by its name) does, for the step breakdowns."""
+    name = name.lower()
+    return next((k for k, keys in _KERNEL_KINDS if any(x in name for x in keys)), "other")
 
 
 def kernel_breakdown(fn, label: str) -> dict:
@@ -182,8 +190,7 @@ def kernel_breakdown(fn, label: str) -> dict:
     for e in prof.events():
         if e.device_type.name != "CUDA" or "memcpy" in e.name.lower() or "memset" in e.name.lower():
             continue
-        name = e.name.lower()
-        kind = next((k for k, keys in _KERNEL_KINDS if any(x in name for x in keys)), "other")
+        kind = kernel_kind(e.name)
         kinds[kind] = kinds.get(kind, 0.0) + e.device_time / 1e3
         count += 1
     row = dict(op="e2e", what=f"kernel time of one {label} (eager, profiler)", kernels=count,
