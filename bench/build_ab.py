@@ -22,7 +22,7 @@ so = os.path.join(root, "python", "frspec_cuda", "_C.so")
 keep = so + ".build_ab"
 shutil.copy2(so, keep)
 times: dict[tuple[str, str], list[float]] = {}
-row = re.compile(r"^(B=\d+ N=\s*\d+ prefix=\s*\d+):(.*)$")
+row = re.compile(r"^(B=\d+ N=\s*\d+ prefix=\s*\d+(?: max_len=\d+)?):(.*)$")
 cell = re.compile(re.escape(var) + r"=(\S+)\s+([\d.]+)")
 try:
     for r in range(rounds):

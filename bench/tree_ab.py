@@ -5,7 +5,8 @@ implementations (VAR = impl), split counts (VAR = splits; 0 = auto) or programma
 dependent launch (VAR = pdl; 0 / 1): each round times every value once per shape
 (interleaved, so clock drift hits all alike), GPU time from CUDA-graph replays over L2-cold
 rotating input sets; medians over rounds.
-python bench/tree_ab.py VAR|impl|splits|pdl value,value,... [rounds] [impl] [B,N,prefix;B,N,prefix...]"""
+python bench/tree_ab.py VAR|impl|splits|pdl value,value,... [rounds] [impl] [B,N,prefix[,max_len];...]
+(max_len: the caches' capacity, default prefix + N)"""
 import os
 import statistics
 import sys
@@ -25,10 +26,10 @@ print(f"{var} in {values}, impl {impl}, medians of {rounds} interleaved rounds (
 SHAPES = ((1, 60, 1024), (1, 60, 4096), (1, 16, 4096), (1, 60, 32768), (1, 16, 32768), (4, 60, 4096), (4, 128, 32768))
 if len(sys.argv) > 5:
     SHAPES = [tuple(int(x) for x in c.split(",")) for c in sys.argv[5].split(";")]
-for B, N, prefix in SHAPES:
-    L = prefix + N
+for B, N, prefix, *cap in SHAPES:
+    L = max([prefix + N] + cap)
     n = n_sets(2 * B * L * HKV * D * 2, dev)
-    sets = [_case(B, N, prefix, dev, g) for _ in range(n)]
+    sets = [_case(B, N, prefix, dev, g, L) for _ in range(n)]
     times = {v: [] for v in values}
     for _ in range(rounds):
         for v in values:
@@ -43,5 +44,5 @@ for B, N, prefix in SHAPES:
     os.environ.pop(var, None)
     cells = [f"{var}={v} {statistics.median(t):6.1f} (spread {100 * (max(t) - min(t)) / statistics.median(t):.0f}%)"
              for v, t in times.items()]
-    print(f"B={B} N={N:3d} prefix={prefix:5d}:  " + "  ".join(cells), flush=True)
+    print(f"B={B} N={N:3d} prefix={prefix:5d}{f' max_len={L}' if cap else ''}:  " + "  ".join(cells), flush=True)
     del sets

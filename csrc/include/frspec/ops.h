@@ -72,8 +72,8 @@ namespace frspec {
 // Tree attention (frspec/tree_attention.cuh, tree_attention_sm90.cuh). q [B, N, Hq, D];
 // k, v [B, L_max, Hkv, D] (the tree's keys at cache_len[b] + node); mask [B, N, ceil(N/64)]
 // packed ancestor bits; out [B, N, Hq, D], lse [B, N, Hq] fp32. D in {64, 128},
-// Hq % Hkv == 0, N <= 1024. num_splits <= 0 picks the most splits that fit one wave of
-// CTAs. `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
+// Hq % Hkv == 0, N <= 1024. `splits` as tree_attention_num_splits gives it (requested <= 0:
+// its own rule, planned from max_len). `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
 // D == 128 and N > 1, else the mma.sync kernel (kMma; one-node trees take the decode

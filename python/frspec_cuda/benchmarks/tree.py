@@ -24,8 +24,8 @@ def matmul_tflops(device) -> float:
     return 2 * 8192**3 / (us * 1e-6) / 1e12
 
 
-def _case(B, N, prefix, device, g):
-    L = prefix + N
+def _case(B, N, prefix, device, g, max_len: int = 0):
+    L = max(prefix + N, max_len)  # (max_len > prefix + N: caches with room to grow)
     q = torch.randn(B, N, HQ, D, device=device, dtype=torch.bfloat16, generator=g)
     k = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
     v = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
