@@ -358,17 +358,20 @@ constexpr int kMergeWarps = 8;
 constexpr int kMergeMaxSplits = 64;  // two weights per lane
 constexpr int kMergeUnroll = 8;
 
-template <typename T, int V>
+// kL2Only: the partials were written by other CTAs of the same kernel (the wgmma kernel's
+// cluster merge), so they are read past L1 (ld.global.cg).
+template <typename T, int V, bool kL2Only = false>
 __device__ __forceinline__ void merge_row(const float* __restrict__ part_out, const float* __restrict__ part_lse,
                                           int splits, int64_t rows, int64_t row, int D, int lane, T* __restrict__ out,
                                           float* __restrict__ lse) {
   using Vec = typename std::conditional<V == 4, float4, float2>::type;
+  auto load = [](const auto* p) { return kL2Only ? __ldcg(p) : *p; };
   Vec x[kMergeUnroll];
 #pragma unroll
   for (int u = 0; u < kMergeUnroll; ++u)
-    if (u < splits) x[u] = *reinterpret_cast<const Vec*>(part_out + (u * rows + row) * D + lane * V);
-  const float l0 = lane < splits ? part_lse[lane * rows + row] : -INFINITY;
-  const float l1 = lane + 32 < splits ? part_lse[(lane + 32) * rows + row] : -INFINITY;
+    if (u < splits) x[u] = load(reinterpret_cast<const Vec*>(part_out + (u * rows + row) * D + lane * V));
+  const float l0 = lane < splits ? load(part_lse + lane * rows + row) : -INFINITY;
+  const float l1 = lane + 32 < splits ? load(part_lse + (lane + 32) * rows + row) : -INFINITY;
   float mx = fmaxf(l0, l1);
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   const float ref = mx == -INFINITY ? 0.f : mx;
@@ -382,7 +385,7 @@ __device__ __forceinline__ void merge_row(const float* __restrict__ part_out, co
     if (s0 > 0) {
 #pragma unroll
       for (int u = 0; u < kMergeUnroll; ++u)
-        if (s0 + u < splits) x[u] = *reinterpret_cast<const Vec*>(part_out + ((s0 + u) * rows + row) * D + lane * V);
+        if (s0 + u < splits) x[u] = load(reinterpret_cast<const Vec*>(part_out + ((s0 + u) * rows + row) * D + lane * V));
     }
 #pragma unroll
     for (int u = 0; u < kMergeUnroll; ++u) {

@@ -59,52 +59,6 @@ __device__ __forceinline__ int64_t tw_out_row(const TreeAttnParams& p, int b, in
   return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
 }
 
-// Each consumer warp merges kRows rows of the cluster's partials at a time (lane = 4
-// dimensions), every split's partial of all of them in flight at once.
-template <typename T, int kRows = 3>
-__device__ __forceinline__ void tw_cluster_merge(const TreeAttnParams& p, int lr_beg, int lr_end, int r0, int b, int h,
-                                                 int G, int64_t split_stride) {
-  constexpr int D = 128;
-  const int n = p.cluster, lane = threadIdx.x % 32, cw = (threadIdx.x - 128) / 32;
-#pragma unroll 1
-  for (int lr0 = lr_beg + cw * kRows; lr0 < lr_end; lr0 += 8 * kRows) {
-    float ls[kRows][kTwMaxCluster];
-    float4 x[kRows][kTwMaxCluster];
-    int64_t row[kRows];
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      row[i] = tw_out_row(p, b, h, G, r0 + min(lr0 + i, lr_end - 1));
-#pragma unroll
-      for (int s = 0; s < kTwMaxCluster; ++s)  // (L2 only: written in this kernel)
-        if (s < n) {
-          ls[i][s] = __ldcg(p.part_lse + s * split_stride + row[i]);
-          x[i][s] = __ldcg(reinterpret_cast<const float4*>(p.part_out + (s * split_stride + row[i]) * D + lane * 4));
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      if (lr0 + i >= lr_end) break;
-      float M = -INFINITY;
-#pragma unroll
-      for (int s = 0; s < kTwMaxCluster; ++s)
-        if (s < n) M = fmaxf(M, ls[i][s]);
-      float L = 0.f;
-      float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int s = 0; s < kTwMaxCluster; ++s)
-        if (s < n && ls[i][s] != -INFINITY) {
-          const float w = __expf(ls[i][s] - M);
-          L += w;
-          O.x += w * x[i][s].x, O.y += w * x[i][s].y, O.z += w * x[i][s].z, O.w += w * x[i][s].w;
-        }
-      const float il = L > 0.f ? 1.f / L : 0.f;
-      T* out = static_cast<T*>(p.out) + row[i] * D + lane * 4;
-      *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(O.x * il, O.y * il), pack2<T>(O.z * il, O.w * il));
-      if (lane == 0) p.lse[row[i]] = L > 0.f ? M + logf(L) : -INFINITY;
-    }
-  }
-}
-
 template <typename T, int kStages, bool kOverlap, int kTwKeys>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -371,7 +325,10 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     const int valid = min(kTwRows, rows - r0), per = (valid + n - 1) / n;
     const int lr_beg = rank * per, lr_end = min(valid, lr_beg + per);
     const int64_t split_stride = static_cast<int64_t>(p.B) * p.N * p.Hq;
-    tw_cluster_merge<T>(p, lr_beg, lr_end, r0, b, h, G, split_stride);
+    const int cw = (threadIdx.x - 128) / 32;  // the 8 consumer warps, a row each in turn
+    for (int lr = lr_beg + cw; lr < lr_end; lr += 8)
+      merge_row<T, 4, true>(p.part_out, p.part_lse, n, split_stride, tw_out_row(p, b, h, G, r0 + lr), 128, lane,
+                            static_cast<T*>(p.out), p.lse);
   }
 #else
   __trap();  // built without sm_90a: the launcher never picks this kernel
