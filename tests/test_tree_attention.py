@@ -146,7 +146,12 @@ def test_split_rule():
         s = splits(5, 60, 32828)
         assert s > one_wave(80) and 80 * s > sms, s
         assert splits(5, 60, 32828, dtype=torch.float16) == s
-    assert splits(5, 16, 32784) == one_wave(40)  # 64 rows: one consumer, kept to one wave
+    # 64 rows (one consumer, memory-bound): splits for about half the SMs; one-node trees
+    # (4 rows) a full wave
+    half = lambda ctas: max(1, min((sms // 2 + ctas // 2) // ctas, 8))  # noqa: E731
+    for B in (1, 2, 3, 4, 5, 8):
+        assert splits(B, 16, 16 + 32768) == half(8 * B), B
+    assert splits(4, 1, 1 + 32768) == one_wave(32)
     # short caches: about two 128-key tiles per split, within one wave
     assert splits(1, 60, 830) == min(one_wave(16), 4)  # 7 tiles
     assert splits(1, 16, 830) == min(one_wave(8), 4)
