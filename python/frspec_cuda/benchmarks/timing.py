@@ -36,11 +36,10 @@ def time_us(fn: Callable[[int], object], device: torch.device, warmup: int = 10,
     return statistics.median(times)
 
 
-def graph_time_us(fn: Callable[[int], object], device: torch.device, calls: int, reps: int = 20) -> float | None:
-    """GPU time per call of `fn(i)` in microseconds, i = 0..calls-1 captured back to back in
-    one CUDA graph and replayed (how a decoding loop runs it: no host launch overhead).
-    None if the calls cannot be captured."""
-    for i in range(calls):  # warm-up: compilation, autotuning, lazy allocations
+def capture_graph(fn: Callable[[int], object], device: torch.device, calls: int) -> "torch.cuda.CUDAGraph | None":
+    """`fn(i)`, i = 0..calls-1, captured back to back in one CUDA graph after one warm-up
+    pass (compilation, autotuning, lazy allocations); None if the calls cannot be captured."""
+    for i in range(calls):
         fn(i)
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
@@ -51,7 +50,20 @@ def graph_time_us(fn: Callable[[int], object], device: torch.device, calls: int,
     except Exception:  # noqa: BLE001 - the caller falls back to eager timing
         torch.cuda.synchronize(device)
         return None
+    return graph
+
+
+def replay_time_us(graph: "torch.cuda.CUDAGraph", device: torch.device, calls: int, reps: int = 20) -> float:
+    """GPU time per call of a graph of `calls` calls, from the median of `reps` replays."""
     return time_us(lambda i: graph.replay(), device, warmup=2, reps=reps, inner=1) / calls
+
+
+def graph_time_us(fn: Callable[[int], object], device: torch.device, calls: int, reps: int = 20) -> float | None:
+    """GPU time per call of `fn(i)` in microseconds, i = 0..calls-1 captured back to back in
+    one CUDA graph and replayed (how a decoding loop runs it: no host launch overhead).
+    None if the calls cannot be captured."""
+    graph = capture_graph(fn, device, calls)
+    return None if graph is None else replay_time_us(graph, device, calls, reps)
 
 
 def wall_seconds(fn: Callable[[], object], device: torch.device) -> float:
