@@ -145,9 +145,9 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
     // half the SMs: ~64 CTAs streaming keep HBM as busy as a full wave, and fewer splits
     // write fewer partials (H100, 2026-11-26, N = 16, this rule vs one wave, 4K / 32K: B = 2
     // 19.6 / 95.8 vs 20.9 / 98.3 us, B = 4 32.6 / 180.4 vs 34.4 / 185.7, B = 8 53.2 / 350.1 vs
-    // 56.2 / 359.4, B = 3 equal; slower at B = 5, 40.0 / 242.3 vs 39.2 / 230.5, and B = 6 32K,
-    // 302.1 vs 294.0; bench/NOTES.md tree v11). Up to 8 rows (one-node trees) a full wave
-    // measured faster (B = 4, N = 1 32K 181 vs 192 us at half).
+    // 56.2 / 359.4, B = 3 26.9 / 141.2 vs 28.0 / 143.9; slower at B = 5, 40.0 / 242.3 vs
+    // 39.2 / 230.5, and B = 6 32K, 302.1 vs 294.0; bench/NOTES.md tree v11). Up to 8 rows
+    // (one-node trees) a full wave measured faster (B = 4, N = 1 32K 181 vs 192 us at half).
     if (N * (Hq / Hkv) <= 64) {
       if (N * (Hq / Hkv) <= 8) return static_cast<int>(want);
       const int64_t half = (num_sms() / 2 + ctas / 2) / ctas;  // round(SMs / 2 / ctas)
