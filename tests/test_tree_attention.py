@@ -112,6 +112,18 @@ def test_kernel_split_merge_paths(case, num_splits, cluster, monkeypatch):
 
 
 @requires_kernel("tree_attention")
+@pytest.mark.parametrize("q_tma", ["0", "1"])
+@pytest.mark.parametrize("case", [0, 4, 6, 10, 12])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_kernel_q_copy_paths(case, num_splits, q_tma, monkeypatch):
+    """The wgmma kernel's Q row tile by TMA (G | 128: G = 4, 16 here; the last row tile past
+    N zero-filled by the TMA) or by cp.async (FRSPEC_TREE_Q_TMA=0, read per launch; the path
+    every G that does not divide 128 takes, G = 3 in case 12)."""
+    monkeypatch.setenv("FRSPEC_TREE_Q_TMA", q_tma)
+    check_rule(case, torch.bfloat16, num_splits, "wgmma")
+
+
+@requires_kernel("tree_attention")
 @pytest.mark.parametrize("case", [0, 3, 7])
 @pytest.mark.parametrize("impl", ["mma", "wgmma"])
 def test_kernel_more_than_32_splits(case, impl):

@@ -226,10 +226,16 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
 template <typename T, int kStages, bool kOverlap, int kKeys>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  CUtensorMap tk, tv;  // the caches as [B * L_max, Hkv * D] rows
+  CUtensorMap tq{}, tk, tv;  // the caches as [B * L_max, Hkv * D] rows
   if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys) ||
       !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys))
     return cudaErrorNotSupported;
+  // Q by TMA where a row tile is whole nodes (G | 128) and q is 16-byte aligned; else cp.async.
+  // FRSPEC_TREE_Q_TMA=0 forces cp.async (read per launch; for measurement and tests).
+  const char* q_tma_env = std::getenv("FRSPEC_TREE_Q_TMA");
+  const int G = p.Hq / p.Hkv;
+  p.q_tma = !(q_tma_env != nullptr && std::strcmp(q_tma_env, "0") == 0) && kTwRows % G == 0 && is_aligned(p.q, 16) &&
+            encode_q_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, bf16);
   constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -245,7 +251,7 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
                   : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
   FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>, grid, dim3(kTwThreads), smem,
-                                                 stream, static_cast<unsigned>(p.cluster), tk, tv, p));
+                                                 stream, static_cast<unsigned>(p.cluster), tq, tk, tv, p));
   if (p.splits > 1 && !p.cluster) return launch_merge<T>(p, 128, stream);
   return cudaGetLastError();
 }

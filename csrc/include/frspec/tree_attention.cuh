@@ -43,6 +43,7 @@ struct TreeAttnParams {
                      // merge kernel): tree_decode_kernel's (a KV head's) through distributed shared
                      // memory, the wgmma kernel's (a row tile's) through L2 after a cluster barrier
   float scale_log2;  // softmax scale * log2(e)
+  int q_tma;         // wgmma kernel: Q's row tile comes by TMA (tm_q; needs G | 128), else cp.async
 };
 
 #ifndef FRSPEC_TA_MIN_BLOCKS

@@ -2,9 +2,10 @@
 // warp-specialised APB kernel (apb_attention_sm90.cuh) over tree_attention_kernel's work
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
 // of consecutive nodes, so one K/V tile serves all of them -- and one split of the keys.
-// Warpgroup 0 produces: its 128 threads copy the Q rows (cp.async, any G), two threads
-// stream the K and V tiles (128 or 176 keys) through kStages-deep TMA rings. Warpgroups 1 and 2 each own 64
-// rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
+// Warpgroup 0 produces: one thread loads the Q rows by TMA (where G divides 128; else the
+// 128 threads copy them with cp.async: 1-8% slower at 770-4K keys, bench/NOTES.md tree v11),
+// two threads stream the K and V tiles (128 or 176 keys) through kStages-deep TMA rings.
+// Warpgroups 1 and 2 each own 64 rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work; with kOverlap a consumer issues its P V of tile j-1 right behind
 // its Q K^T of tile j (FlashAttention-3's intra-warpgroup overlap in the source; ptxas
 // waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits write fp32
@@ -61,8 +62,8 @@ __device__ __forceinline__ int64_t tw_out_row(const TreeAttnParams& p, int b, in
 
 template <typename T, int kStages, bool kOverlap, int kTwKeys>
 __global__ void __launch_bounds__(kTwThreads, 1)
-    tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
-                             const TreeAttnParams p) {
+    tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                             const __grid_constant__ CUtensorMap tm_v, const TreeAttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 128;
   constexpr int kTile = static_cast<int>(tw_tile_bytes(kTwKeys)), kSlab = kTile / 2;
@@ -88,7 +89,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   pdl_wait();  // cache_len, q and the cache may come from the previous kernel
   const int prefix = p.cache_len[b];  // (its latency overlaps the barrier setup)
   if (threadIdx.x == 0) {
-    mbar_init(q_full, 128);  // every producer thread, after its Q rows landed
+    mbar_init(q_full, p.q_tma ? 1 : 128);  // the TMA's expect_tx, or every producer thread after its Q rows
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
@@ -129,24 +130,34 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       tma_load_2d(ring + st * kTile, tm, h * D, row0 + k0, &full[st]);
       tma_load_2d(ring + st * kTile + kSlab, tm, h * D + 64, row0 + k0, &full[st]);
     };
-    // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
-    const int r = r0 + static_cast<int>(threadIdx.x);
-    const bool ok = r < rows;
-    const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
-    const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
-#pragma unroll
-    for (int chunk = 0; chunk < 16; ++chunk)
-      cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
-    cp_async_commit();
     // At the start every CTA asks at once, so the order of the first loads matters: K's
     // first tile goes out while Q is in flight, V's once K's has landed (the first Q K^T
     // needs only Q and K; 0.1-1.6 us at 4K prefixes, nothing at 32K: bench/NOTES.md tree v9),
     // each ring's later stages once its first tile has landed (a first tile queued behind
     // everyone's second one starts the GEMMs later: 0.3-1.0 us at 512-4K, tree v7).
-    if (is_k && n_tiles > 0) issue_tile(0);
-    cp_async_wait<0>();
-    fence_proxy_async_smem();
-    mbar_arrive(q_full);
+    if (p.q_tma) {
+      // Q: the row tile's 128 / G nodes x G heads as two 64-column boxes (nodes past N zero)
+      if (is_k) {
+        mbar_arrive_expect_tx(q_full, kWgTile);
+        tma_load_4d(q_s, &tm_q, 0, h * G, row_tile * (kTwRows / G), b, q_full);
+        tma_load_4d(q_s + kWgSlab, &tm_q, 64, h * G, row_tile * (kTwRows / G), b, q_full);
+        if (n_tiles > 0) issue_tile(0);
+      }
+    } else {
+      // Q: thread t copies packed row r0 + t (node (r0 + t) / G, head h G + (r0 + t) % G).
+      const int r = r0 + static_cast<int>(threadIdx.x);
+      const bool ok = r < rows;
+      const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
+      const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
+#pragma unroll
+      for (int chunk = 0; chunk < 16; ++chunk)
+        cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
+      cp_async_commit();
+      if (is_k && n_tiles > 0) issue_tile(0);
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      mbar_arrive(q_full);
+    }
     if (loader && !is_k && n_tiles > 0) {
       mbar_wait(&k_full[0], 0);
       issue_tile(0);
