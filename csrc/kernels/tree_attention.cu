@@ -226,7 +226,7 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
 template <typename T, int kStages, bool kOverlap, int kKeys>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  CUtensorMap tq{}, tk, tv;  // the caches as [B * L_max, Hkv * D] rows
+  CUtensorMap tq{}, tk, tv;  // tk, tv: the caches as [B * L_max, Hkv * D] rows; tq: q (below)
   if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys) ||
       !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys))
     return cudaErrorNotSupported;
