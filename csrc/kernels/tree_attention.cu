@@ -230,12 +230,12 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys) ||
       !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys))
     return cudaErrorNotSupported;
-  // Q by TMA where a row tile is whole nodes (G | 128) and q is 16-byte aligned; else cp.async.
+  // Q by TMA where a row tile is whole nodes (G | kTwRows) and q is 16-byte aligned; else cp.async.
   // FRSPEC_TREE_Q_TMA=0 forces cp.async (read per launch; for measurement and tests).
   const char* q_tma_env = std::getenv("FRSPEC_TREE_Q_TMA");
   const int G = p.Hq / p.Hkv;
-  p.q_tma = !(q_tma_env != nullptr && std::strcmp(q_tma_env, "0") == 0) && kTwRows % G == 0 && is_aligned(p.q, 16) &&
-            encode_q_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, bf16);
+  p.q_tma = !(q_tma_env != nullptr && std::strcmp(q_tma_env, "0") == 0) && is_aligned(p.q, 16) &&
+            encode_q_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, kTwRows, bf16);
   constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

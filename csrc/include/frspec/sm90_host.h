@@ -18,8 +18,10 @@ bool sm90a_device();
 bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16, int box_rows = 128);
 
 // A tensor map over q [B, N, Hq, 128] (16-bit) whose boxes are one row tile of packed (node,
-// query head) rows of one KV head: 64 columns x G heads x 128 / G nodes, 128B-swizzled, so
-// box row i is packed row i (node i / G, head i % G); nodes past N zero-filled. Needs G | 128.
-bool encode_q_heads_map(CUtensorMap* map, const void* q, int64_t B, int64_t N, int64_t Hq, int G, bool bf16);
+// query head) rows of one KV head: 64 columns x G heads x tile_rows / G nodes, 128B-swizzled,
+// so box row i is packed row i (node i / G, head i % G); nodes past N zero-filled. False unless
+// G divides tile_rows (<= 256), i.e. a row tile is whole nodes.
+bool encode_q_heads_map(CUtensorMap* map, const void* q, int64_t B, int64_t N, int64_t Hq, int G, int tile_rows,
+                        bool bf16);
 
 }  // namespace frspec
