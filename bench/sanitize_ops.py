@@ -29,6 +29,11 @@ for splits in (1, 3, 4):  # decode: 3 and 4 = one cluster per KV head; MMA: spli
     tree.tree_attention(q, k, torch.randn_like(k), cl, t.mask, num_splits=splits)
     tree.tree_attention(q[:, :1].contiguous(), k, torch.randn_like(k), cl, t.mask[:, :1].contiguous(),
                         num_splits=splits, impl="mma")  # one-node tree: the decode kernel
+for impl in ("mma", "auto"):  # the last 5 of the 37 nodes (a drafting level), and the last one
+    tree.tree_attention(q[:, -5:].contiguous(), k, torch.randn_like(k), cl, t.mask[:, -5:].contiguous(), impl=impl,
+                        tree_len=N)
+    tree.tree_attention(q[:, -1:].contiguous(), k, torch.randn_like(k), cl, t.mask[:, -1:].contiguous(), impl=impl,
+                        tree_len=N)
 k2 = torch.randn(B, 1024, 2, 128, device=dev, dtype=torch.bfloat16)
 tree.tree_attention(q[:, :1].contiguous(), k2, torch.randn_like(k2), cl, t.mask[:, :1].contiguous(),
                     num_splits=9, impl="mma")  # decode with more splits than a cluster: partials + merge kernel

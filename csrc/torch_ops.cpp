@@ -265,7 +265,7 @@ frspec::TreeAttnImpl tree_attention_impl(int64_t impl) {
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                   const at::Tensor& v_cache, const at::Tensor& cache_len,
                                                   const at::Tensor& mask, double scale, int64_t num_splits,
-                                                  int64_t impl) {
+                                                  int64_t impl, int64_t tree_len) {
   const at::Device device = q.device();
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"},
                                 std::pair{&cache_len, "cache_len"}, std::pair{&mask, "mask"}})
@@ -283,12 +283,14 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
   const int64_t L = k_cache.size(1), Hkv = k_cache.size(2);
   TORCH_CHECK(D == 64 || D == 128, "head_dim must be 64 or 128, got ", D);
   TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "q_heads (", Hq, ") must be a multiple of kv_heads (", Hkv, ")");
+  const int64_t T = tree_len == 0 ? N : tree_len;  // the tree's nodes; q holds the last N
   TORCH_CHECK(N >= 1 && N <= 1024, "a tree must have 1..1024 nodes, got ", N);
-  TORCH_CHECK(L >= N && L < (int64_t(1) << 31), "max_len ", L, " cannot hold the ", N, " tree nodes");
+  TORCH_CHECK(T >= N && T <= 1024, "tree_len (", tree_len, ") must be 0 (= nodes) or in [nodes = ", N, ", 1024]");
+  TORCH_CHECK(L >= T && L < (int64_t(1) << 31), "max_len ", L, " cannot hold the ", T, " tree nodes");
   check_dtype(cache_len, at::kInt, "cache_len");
   check_shape(cache_len, {B}, "cache_len");
   check_dtype(mask, at::kLong, "mask");
-  check_shape(mask, {B, N, (N + 63) / 64}, "mask");
+  check_shape(mask, {B, N, (T + 63) / 64}, "mask");
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
     TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, name,
                 " must start at a 16-byte aligned address (a view at an odd offset? .clone() it)");
@@ -305,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at:
                                       cache_len.data_ptr<int32_t>(),
                                       reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()), B, N, Hq, Hkv, D, L,
                                       static_cast<float>(scale), splits, dtype, workspace.data_ptr(), out.data_ptr(),
-                                      lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream(), kind),
+                                      lse.data_ptr<float>(), c10::cuda::getCurrentCUDAStream(), kind, T),
                "tree_attention");
   return {out, lse};
 }
@@ -590,7 +592,7 @@ TORCH_LIBRARY(frspec_cuda, m) {
   m.def("verify_tree_sampling(Tensor tokens, Tensor parents, Tensor probs, Tensor uniforms)"
         " -> (Tensor accept_len, Tensor accepted, Tensor bonus)");
   m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_len, Tensor mask, float scale,"
-        " int num_splits=0, int impl=0) -> (Tensor out, Tensor lse)");
+        " int num_splits=0, int impl=0, int tree_len=0) -> (Tensor out, Tensor lse)");
   m.def("apb_attention(Tensor q, Tensor k, Tensor v, int anchor_len, int passing_len, float scale, int impl=0)"
         " -> (Tensor out, Tensor lse)");
   m.def("compact_kv_cache(Tensor(a!) kv_cache, Tensor(b!) cache_len, Tensor accepted, Tensor accept_len,"

@@ -47,6 +47,36 @@ def test_spec_greedy_equals_ar(model, vocab_size, draft_layers, depth, topk, nod
     assert accepted > 0 and total_steps < total_tokens <= total_steps + accepted
 
 
+def test_draft_level_tree_attention_equals_dense_visibility(model):
+    """A drafting level as the engine runs it -- `tree_attention` over the prefix and a tree
+    of tree_len nodes whose earlier levels are cached, the level's beams last -- gives the
+    hidden states of the same level under the equivalent dense visibility mask."""
+    g = torch.Generator().manual_seed(0)
+    P, k, L = 7, 3, 32
+    cache = model.new_cache(1, L)
+    model.forward(torch.randint(0, 256, (1, P), generator=g), cache, torch.zeros(1, dtype=torch.int32))
+    # the root (node 0) and level 1 (nodes 1..3) at slots P + node (their K/V only need to be there)
+    model.forward(torch.randint(0, 256, (1, 1 + k), generator=g), cache, torch.tensor([P], dtype=torch.int32))
+    # level 2: beams at nodes 4..6 below level-1 nodes 3, 1, 3
+    parents, T = [3, 1, 3], 1 + 2 * k
+    bits = [1 | (1 << p) | (1 << (1 + k + r)) for r, p in enumerate(parents)]
+    visible = torch.zeros(1, k, L, dtype=torch.bool)
+    visible[0, :, :P] = True
+    for r in range(k):
+        for node in range(T):
+            visible[0, r, P + node] = bool(bits[r] >> node & 1)
+    tokens = torch.randint(0, 256, (1, k), generator=g)
+    slots, positions = torch.arange(P + 1 + k, P + T).view(1, k), torch.full((1, k), P + 2)
+    tree_out = model.forward(tokens, cache.clone(), torch.tensor([P], dtype=torch.int32), slots=slots,
+                             positions=positions, tree_mask=torch.tensor(bits).view(1, k, 1), tree_len=T)
+    dense_out = model.forward(tokens, cache.clone(), torch.tensor([P], dtype=torch.int32), slots=slots,
+                              positions=positions, visible=visible)
+    torch.testing.assert_close(tree_out, dense_out, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(tree_out, model.forward(  # the ancestor bits matter
+        tokens, cache.clone(), torch.tensor([P], dtype=torch.int32), slots=slots, positions=positions,
+        tree_mask=torch.tensor([1 | (1 << (1 + k + r)) for r in range(k)]).view(1, k, 1), tree_len=T), atol=1e-3)
+
+
 def test_spec_rejects_bad_configuration(model):
     with pytest.raises(ValueError, match="draft_layers must be in"):
         SpeculativeGenerator(model, draft_layers=9)

@@ -30,23 +30,24 @@ def make_case(B, N, Hq, Hkv, D, cache_lens, dtype, device, seed, slack=5):
     return t(q), t(k), t(v), cache_len.to(device), mask.to(device)
 
 
-def dense_mask(cache_len, mask, N, L):
-    """[B, 1, N, L] bool: prefix visible, tree part from the packed mask, rest hidden."""
-    B = mask.shape[0]
+def dense_mask(cache_len, mask, N, L, T=None):
+    """[B, 1, N, L] bool: prefix visible, tree part (T nodes, default N) from the packed
+    mask, rest hidden."""
+    B, T = mask.shape[0], N if T is None else T
     allowed = torch.zeros(B, 1, N, L, dtype=torch.bool, device=mask.device)
-    tree_bits = ref.unpack_mask(mask, N)
+    tree_bits = ref.unpack_mask(mask, T)
     for b in range(B):
         c = int(cache_len[b])
         allowed[b, 0, :, :c] = True
-        allowed[b, 0, :, c : c + N] = tree_bits[b]
+        allowed[b, 0, :, c : c + T] = tree_bits[b]
     return allowed
 
 
-def sdpa(q, k, v, cache_len, mask, scale):
+def sdpa(q, k, v, cache_len, mask, scale, T=None):
     """The same attention through torch SDPA in q's dtype (GQA expanded), for the rule."""
     B, N, Hq, D = q.shape
     G = Hq // k.shape[2]
-    am = dense_mask(cache_len, mask, N, k.shape[1])
+    am = dense_mask(cache_len, mask, N, k.shape[1], T)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(G, 2).transpose(1, 2),
                                          v.repeat_interleave(G, 2).transpose(1, 2), attn_mask=am, scale=scale)
     return out.transpose(1, 2)
@@ -85,6 +86,55 @@ CASES = [
     # B = 5: 80 row tiles leave SMs idle in one wave; auto takes several waves of more splits
     (5, 60, 32, 8, 128, [8192, 3000, 0, 8100, 4097]),
 ]
+
+
+def test_reference_tree_len_is_the_last_rows_of_the_whole_tree():
+    """tree_len = T > N: the N queries are the last N of T nodes (a drafting level whose
+    earlier levels are cached): the same as those rows of the whole tree's attention."""
+    for B, T, N, Hq, Hkv, D, lens in [(2, 11, 4, 4, 2, 64, [5, 0]), (1, 70, 6, 8, 2, 32, [33]), (1, 3, 1, 2, 1, 16, [2])]:
+        q, k, v, cl, mask = make_case(B, T, Hq, Hkv, D, lens, torch.float64, "cpu", seed=T)
+        full_out, full_lse = ref.tree_attention(q, k, v, cl, mask)
+        out, lse = ref.tree_attention(q[:, T - N :], k, v, cl, mask[:, T - N :], tree_len=T)
+        torch.testing.assert_close(out, full_out[:, T - N :], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lse, full_lse[:, T - N :], rtol=1e-12, atol=1e-12)
+        assert (mask[:, T - N :].shape[-1] == (T + 63) // 64) and not torch.equal(out, ref.tree_attention(
+            q[:, T - N :], k, v, cl, mask[:, T - N :] & 1, tree_len=T)[0])  # the earlier nodes matter
+
+
+TREE_LEN_CASES = [
+    # B, T (tree nodes), N (queries: the last N of them), Hq, Hkv, D, cache_lens
+    (1, 51, 10, 32, 8, 128, [4000]),  # an EAGLE-2 drafting level (topk 10, the fifth)
+    (2, 70, 3, 8, 2, 128, [100, 1500]),  # two mask words
+    (1, 5, 1, 32, 8, 128, [300]),  # one query below a chain: never the decode kernel
+    (2, 9, 4, 4, 4, 64, [10, 0]),
+]
+
+
+@requires_kernel("tree_attention")
+@pytest.mark.parametrize("case", range(len(TREE_LEN_CASES)))
+@pytest.mark.parametrize("num_splits", [0, 3])
+@pytest.mark.parametrize("impl", ["mma", "wgmma"])
+def test_kernel_tree_len(case, num_splits, impl):
+    B, T, N, Hq, Hkv, D, lens = TREE_LEN_CASES[case]
+    if impl == "wgmma" and not wgmma_ok(D):
+        pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")
+    q, k, v, cl, mask = make_case(B, T, Hq, Hkv, D, lens, torch.bfloat16, "cuda", seed=100 + case)
+    q, mask = q[:, T - N :].contiguous(), mask[:, T - N :].contiguous()
+    scale = 1 / math.sqrt(D)
+    k_clean, v_clean = k.clone(), v.clone()
+    for b, c in enumerate(lens):
+        k[b, c + T :] = float("nan")
+        v[b, c + T :] = float("nan")
+    poison_cuda_allocator()
+    out, lse = tree.tree_attention(q, k, v, cl, mask, scale, num_splits=num_splits, impl=impl, tree_len=T)
+    torch.cuda.synchronize()
+    exact_out, exact_lse = ref.tree_attention(q.double(), k_clean.double(), v_clean.double(), cl, mask, scale, T)
+    base = sdpa(q, k_clean, v_clean, cl, mask, scale, T)
+    assert not out.isnan().any() and not lse.isnan().any(), "unwritten or NaN outputs"
+    err = (out.double() - exact_out).abs().max().item()
+    base_err = (base.double() - exact_out).abs().max().item()
+    assert err <= 2 * base_err + 1e-4, (err, base_err)
+    torch.testing.assert_close(lse.double(), exact_lse.double(), atol=2e-3, rtol=0)
 
 
 def wgmma_ok(D):
@@ -218,6 +268,12 @@ def test_kernel_rejects_bad_inputs():
         op(q, k.cpu(), v, cl, mask, 1.0, 0)
     with pytest.raises(ValueError, match="must fit max_len"):  # cache overflow, caught by the wrapper
         tree.tree_attention(q, k, v, cl + 100, mask)
+    with pytest.raises(ValueError, match="11 tree nodes must fit max_len 14"):  # the tree, not the queries
+        tree.tree_attention(q, k, v, cl, mask, tree_len=11)
+    with pytest.raises(RuntimeError, match=r"tree_len \(3\) must be 0"):  # fewer nodes than queries
+        op(q, k, v, cl, mask, 1.0, 0, 0, 3)
+    with pytest.raises(RuntimeError, match="cannot hold the 70 tree nodes"):
+        op(q, k, v, cl, mask, 1.0, 0, 0, 70)
     with pytest.raises(RuntimeError, match="impl must be"):
         op(q, k, v, cl, mask, 1.0, 0, 7)
     q_odd = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)[1:].view(q.shape)  # contiguous, 2-byte offset

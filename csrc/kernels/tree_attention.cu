@@ -204,7 +204,7 @@ static cudaError_t launch_merge(const TreeAttnParams& p, int D, cudaStream_t str
 
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
-  if (uses_decode_kernel(p.N, p.Hq, p.Hkv)) {
+  if (uses_decode_kernel(p.N, p.Hq, p.Hkv) && p.T == p.N) {  // (it sees one node: the query's own)
     // up to kTdMaxCluster splits merge on chip in one kernel; more take the merge kernel below
     p.cluster = p.splits > 1 && p.splits <= kTdMaxCluster && current_device_is_sm90_or_newer() ? p.splits : 0;
     FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B),
@@ -259,9 +259,10 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
 cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                            int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
-                           float* lse, cudaStream_t stream, TreeAttnImpl impl) {
-  if (B < 0 || B > 65535 || N < 1 || N > 1024 || Hkv < 1 || Hkv > 65535 || Hq % Hkv != 0 || (D != 64 && D != 128) ||
-      L_max < N || splits < 1 || splits > kMergeMaxSplits)
+                           float* lse, cudaStream_t stream, TreeAttnImpl impl, int64_t tree_len) {
+  const int64_t T = tree_len > 0 ? tree_len : N;
+  if (B < 0 || B > 65535 || N < 1 || N > T || T > 1024 || Hkv < 1 || Hkv > 65535 || Hq % Hkv != 0 ||
+      (D != 64 && D != 128) || L_max < T || splits < 1 || splits > kMergeMaxSplits)
     return cudaErrorInvalidValue;
   if (B == 0) return cudaSuccess;
   TreeAttnParams p{};
@@ -269,7 +270,8 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
   p.part_out = static_cast<float*>(workspace);
   p.part_lse = splits > 1 ? p.part_out + static_cast<int64_t>(splits) * B * N * Hq * D : nullptr;
   p.B = static_cast<int>(B), p.N = static_cast<int>(N), p.Hq = static_cast<int>(Hq), p.Hkv = static_cast<int>(Hkv);
-  p.D = static_cast<int>(D), p.L_max = static_cast<int>(L_max), p.W = static_cast<int>((N + 63) / 64);
+  p.D = static_cast<int>(D), p.L_max = static_cast<int>(L_max), p.W = static_cast<int>((T + 63) / 64);
+  p.T = static_cast<int>(T);
   p.splits = splits;
   p.row_tiles = static_cast<int>(ceil_div(N * (Hq / Hkv), kTaRows));
   p.scale_log2 = scale * 1.4426950408889634f;

@@ -89,12 +89,15 @@ def _impl_code(impl: str) -> int:
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, *, num_splits: int = 0,
-                   impl: str = "auto", validate: bool = True):
+                   impl: str = "auto", validate: bool = True, tree_len: int | None = None):
     """Attention of the N tree queries over the committed prefix and their ancestors.
 
     q [B, N, Hq, D]; k_cache, v_cache [B, L_max, Hkv, D] holding the prefix at
     [0, cache_len[b]) and the tree nodes' keys/values at cache_len[b] + node; mask from
-    `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32. On CUDA: one
+    `build_dynamic_tree`. Returns out [B, N, Hq, D] and lse [B, N, Hq] fp32.
+    `tree_len` (default N): the tree has this many nodes and q holds the last N of them,
+    mask [B, N, ceil(tree_len / 64)] -- one drafting level, whose queries see the prefix,
+    their ancestors among the earlier levels' nodes (already in the cache) and themselves. On CUDA: one
     kernel, split over the keys (num_splits 0 = its own rule, `tree_attention_num_splits`), the
     splits merged by a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
     warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 on
@@ -104,14 +107,16 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     """
     code = _impl_code(impl)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    T = q.shape[1] if tree_len is None else int(tree_len)
     if not q.is_cuda:
-        return ref.tree_attention(q, k_cache, v_cache, cache_len, mask, scale)
+        return ref.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, T)
     if _checking(validate, cache_len):
-        if bool((cache_len < 0).any()) or int((cache_len + q.shape[1]).max()) > k_cache.shape[1]:
-            raise ValueError(f"cache_len + {q.shape[1]} tree nodes must fit max_len {k_cache.shape[1]}, "
+        if bool((cache_len < 0).any()) or int((cache_len + T).max()) > k_cache.shape[1]:
+            raise ValueError(f"cache_len + {T} tree nodes must fit max_len {k_cache.shape[1]}, "
                              f"got cache_len {cache_len.tolist()}")
     _library.require_kernel("tree_attention")
-    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits, code)
+    return torch.ops.frspec_cuda.tree_attention(q, k_cache, v_cache, cache_len, mask, scale, num_splits, code,
+                                                0 if tree_len is None else T)
 
 
 def tree_attention_num_splits(batch: int, nodes: int, q_heads: int, kv_heads: int, head_dim: int, max_len: int,
@@ -163,7 +168,7 @@ if _library.LOADED:
     torch.library.register_fake("frspec_cuda::verify_tree_sampling")(_verdict_fake)
 
     @torch.library.register_fake("frspec_cuda::tree_attention")
-    def _tree_attention_fake(q, k_cache, v_cache, cache_len, mask, scale, num_splits=0, impl=0):
+    def _tree_attention_fake(q, k_cache, v_cache, cache_len, mask, scale, num_splits=0, impl=0, tree_len=0):
         return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     @torch.library.register_fake("frspec_cuda::compact_kv_cache")

@@ -69,10 +69,12 @@ cudaError_t compact_kv_cache(void* kv, int32_t* cache_len, const int32_t* accept
 
 namespace frspec {
 
-// Tree attention (frspec/tree_attention.cuh, tree_attention_sm90.cuh). q [B, N, Hq, D];
-// k, v [B, L_max, Hkv, D] (the tree's keys at cache_len[b] + node); mask [B, N, ceil(N/64)]
-// packed ancestor bits; out [B, N, Hq, D], lse [B, N, Hq] fp32. D in {64, 128},
-// Hq % Hkv == 0, N <= 1024. `splits` as tree_attention_num_splits gives it (requested <= 0:
+// Tree attention (frspec/tree_attention.cuh, tree_attention_sm90.cuh). q [B, N, Hq, D]:
+// the queries of the last N of a tree's tree_len nodes (tree_len <= 0: N, the whole tree;
+// fewer queries than nodes: a drafting level, whose earlier levels are already in the
+// cache); k, v [B, L_max, Hkv, D] (the tree's keys at cache_len[b] + node);
+// mask [B, N, ceil(tree_len/64)] packed bits of the nodes each query sees; out [B, N, Hq, D],
+// lse [B, N, Hq] fp32. D in {64, 128}, Hq % Hkv == 0, N <= tree_len <= 1024. `splits` as tree_attention_num_splits gives it (requested <= 0:
 // its own rule, planned from max_len). `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
@@ -87,7 +89,8 @@ size_t tree_attention_workspace_bytes(int64_t splits, int64_t B, int64_t N, int6
 cudaError_t tree_attention(const void* q, const void* k, const void* v, const int32_t* cache_len,
                            const uint64_t* mask, int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D,
                            int64_t L_max, float scale, int splits, DType dtype, void* workspace, void* out,
-                           float* lse, cudaStream_t stream, TreeAttnImpl impl = TreeAttnImpl::kAuto);
+                           float* lse, cudaStream_t stream, TreeAttnImpl impl = TreeAttnImpl::kAuto,
+                           int64_t tree_len = 0);
 
 }  // namespace frspec
 

@@ -33,12 +33,13 @@ struct TreeAttnParams {
   const void* k;        // [B, L_max, Hkv, D]
   const void* v;
   const int32_t* cache_len;  // [B]
-  const uint64_t* mask;      // [B, N, W]
+  const uint64_t* mask;      // [B, N, W]: W = ceil(T / 64) words per query
   void* out;                 // [B, N, Hq, D] (splits == 1)
   float* lse;                // [B, N, Hq]     (splits == 1)
   float* part_out;           // [splits, B, N, Hq, D] fp32 (splits > 1)
   float* part_lse;           // [splits, B, N, Hq]
   int B, N, Hq, Hkv, D, L_max, W, splits, row_tiles;
+  int T;  // tree nodes at cache_len.. (>= N: the queries are the last N of them)
   int cluster;       // > 1: the splits form one thread-block cluster and merge in the kernel (no
                      // merge kernel): tree_decode_kernel's (a KV head's) through distributed shared
                      // memory, the wgmma kernel's (a row tile's) through L2 after a cluster barrier
@@ -62,7 +63,7 @@ __global__ void __launch_bounds__(kTaThreads, FRSPEC_TA_MIN_BLOCKS)
   const int h = blockIdx.y, b = blockIdx.z;
   const int G = p.Hq / p.Hkv, rows = p.N * G;
   const int prefix = p.cache_len[b];
-  const int total = min(prefix + p.N, p.L_max);
+  const int total = min(prefix + p.T, p.L_max);
   // This split's key range, in whole tiles.
   const int tiles = (total + kTaKeys - 1) / kTaKeys;
   const int per_split = (tiles + p.splits - 1) / p.splits;

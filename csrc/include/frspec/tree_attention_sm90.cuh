@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     mbar_init_fence();
   }
   __syncthreads();
-  const int total = min(prefix + p.N, p.L_max);
+  const int total = min(prefix + p.T, p.L_max);
   const int tiles = (total + kTwKeys - 1) / kTwKeys;
   const int per_split = (tiles + p.splits - 1) / p.splits;
   const int kbeg = split * per_split * kTwKeys, kend = min(total, kbeg + per_split * kTwKeys);

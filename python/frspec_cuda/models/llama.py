@@ -222,7 +222,7 @@ class LlamaModel:
                 num_layers: int | None = None, *, slots: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, visible: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, final_norm: bool = True,
-                tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+                tree_mask: torch.Tensor | None = None, tree_len: int | None = None) -> torch.Tensor:
         """Run the decoder over new tokens input_ids [B, T] and return final-normed hidden
         states [B, T, hidden] (`logits()` applies the LM head).
 
@@ -235,7 +235,9 @@ class LlamaModel:
         With `tree_mask` (packed ancestor bits from `build_dynamic_tree`) the T tokens are a
         tree's nodes at slots cache_len + node and attention is `tree_attention` (the CUDA
         kernel for fp16/bf16 with head_dim 64/128, the reference otherwise): each node sees
-        the whole prefix, its ancestors and itself.
+        the whole prefix, its ancestors and itself. With `tree_len` > T they are the last T
+        of a tree of tree_len nodes whose earlier ones are already cached (a drafting level;
+        the mask then has ceil(tree_len / 64) words per token).
         `num_layers` runs only the first layers (self-draft). EAGLE heads pass their own
         `inputs_embeds` [B, T, hidden] and take the output without the final norm; a layer
         without an "input_norm" weight skips that norm (EAGLE-1/2's first layer)."""
@@ -259,8 +261,8 @@ class LlamaModel:
 
             use_tree_kernel = (input_ids.is_cuda and c.head_dim in (64, 128) and self.dtype in (torch.float16,
                                torch.bfloat16) and _library.has_kernel("tree_attention"))
-            tree_attention = (lambda *a: tree_ops.tree_attention(*a, validate=False)) if use_tree_kernel else \
-                tree_ref.tree_attention
+            tree_attention = (lambda *a: tree_ops.tree_attention(*a, validate=False, tree_len=tree_len)) \
+                if use_tree_kernel else (lambda *a: tree_ref.tree_attention(*a, tree_len=tree_len))
             tree_cache_len = cache_len.to(torch.int32)
         elif visible is None and not fresh_prefill:  # causal: slot j is visible to token t iff j <= its slot
             visible = torch.arange(L_max, device=dev).view(1, 1, L_max) <= slots.unsqueeze(-1)

@@ -256,25 +256,31 @@ def compact_kv_cache(kv_cache, cache_len, accepted, accept_len) -> None:
     cache_len += accept_len.to(cache_len.dtype)
 
 
-def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None):
+def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = None, tree_len: int | None = None):
     """Attention of the N tree queries over the committed prefix (all of it) and the tree
     nodes their mask allows. q [B, N, Hq, D]; k_cache, v_cache [B, L_max, Hkv, D] with the
-    tree's keys at cache_len[b] + node; GQA (Hq a multiple of Hkv). Returns out
-    [B, N, Hq, D] (dtype of q) and lse [B, N, Hq] fp32 (natural log)."""
+    tree's keys at cache_len[b] + node; GQA (Hq a multiple of Hkv). The tree has `tree_len`
+    nodes (default N); q holds the last N of them (a drafting level: the earlier levels'
+    keys are already in the cache), and mask [B, N, ceil(tree_len / 64)] says which nodes
+    each query sees. Returns out [B, N, Hq, D] (dtype of q) and lse [B, N, Hq] fp32
+    (natural log)."""
     B, N, Hq, D = q.shape
+    T = N if tree_len is None else int(tree_len)
     Hkv = k_cache.shape[2]
     if Hq % Hkv:
         raise ValueError(f"query heads {Hq} must be a multiple of kv heads {Hkv}")
+    if T < N:
+        raise ValueError(f"tree_len {T} is smaller than the {N} queries")
     scale = 1 / math.sqrt(D) if scale is None else scale
-    allowed_tree = unpack_mask(mask, N)  # [B, N, N]
+    allowed_tree = unpack_mask(mask, T)  # [B, N, T]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.empty_like(q)
     lse = torch.empty(B, N, Hq, dtype=torch.float64 if acc == torch.float64 else torch.float32, device=q.device)
     for b in range(B):
         L = int(cache_len[b])
-        k = k_cache[b, : L + N].to(acc).repeat_interleave(Hq // Hkv, dim=1)  # [L+N, Hq, D]
-        v = v_cache[b, : L + N].to(acc).repeat_interleave(Hq // Hkv, dim=1)
-        s = torch.einsum("nhd,khd->hnk", q[b].to(acc), k) * scale  # [Hq, N, L+N]
+        k = k_cache[b, : L + T].to(acc).repeat_interleave(Hq // Hkv, dim=1)  # [L+T, Hq, D]
+        v = v_cache[b, : L + T].to(acc).repeat_interleave(Hq // Hkv, dim=1)
+        s = torch.einsum("nhd,khd->hnk", q[b].to(acc), k) * scale  # [Hq, N, L+T]
         allowed = torch.cat([torch.ones(N, L, dtype=torch.bool, device=q.device), allowed_tree[b]], dim=1)
         s = s.masked_fill(~allowed, float("-inf"))
         lse_b = torch.logsumexp(s, dim=-1)  # [Hq, N]

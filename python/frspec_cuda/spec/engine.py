@@ -95,42 +95,45 @@ class SpeculativeGenerator:
     def _draft_topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.fr_lm_head_topk(hidden.to(self.draft_head.dtype).contiguous(), self.draft_head, self.vocab_ids, k)
 
-    def _draft_forward(self, tokens, features, cache, **attention) -> torch.Tensor:
-        zero = torch.zeros(1, dtype=torch.int32, device=self.target.device)
+    def _draft_forward(self, tokens, features, cache, cache_len, **attention) -> torch.Tensor:
         if self.eagle is not None:
-            return self.eagle.forward(tokens, features, cache, zero, **attention)
-        return self.target.forward(tokens, cache, zero, self.draft_layers, **attention)
+            return self.eagle.forward(tokens, features, cache, cache_len, **attention)
+        return self.target.forward(tokens, cache, cache_len, self.draft_layers, **attention)
 
     def _draft(self, s: "_Session") -> None:
         """EAGLE-2 drafting into s.hist = (tokens, parents, scores) [1, M] with
-        M = topk + (depth - 1) * topk^2. The root is processed at draft slot `root_slot`
-        (cache_len for the self-draft, one less for EAGLE, whose slot i holds token i + 1),
-        then each level's `topk` beams at the next slots. Device tensors only."""
-        dev, k, L = self.target.device, self.topk, s.L
+        M = topk + (depth - 1) * topk^2. The draft tree -- the root, then each level's `topk`
+        beams -- sits at draft slots root_slot + node (root_slot = cache_len for the
+        self-draft, one less for EAGLE, whose slot i holds token i + 1; node 0 the root,
+        level l's beams 1 + (l - 1) topk ..). Each level's forward is `tree_attention` over
+        the prefix and the tree so far: a beam sees its ancestors and itself (packed bits,
+        one word per 64 nodes). Device tensors only."""
+        dev, k = self.target.device, self.topk
         root_slot = s.cache_len.to(torch.long) - (1 if self.eagle is not None else 0)  # [1]
+        base = root_slot.to(torch.int32)  # the draft tree's cache_len
         M = k + (self.depth - 1) * k * k
         h_tok = torch.empty(M, dtype=torch.long, device=dev)
         h_par = torch.empty(M, dtype=torch.int32, device=dev)
         h_score = torch.empty(M, dtype=torch.float32, device=dev)
-        base_visible = s.slot_ids <= root_slot  # prefix + root slot
         feat = s.root_feature.view(1, 1, -1) if self.eagle is not None else None
         slot = root_slot.view(1, 1)
-        root_hidden = self._draft_forward(s.root.view(1, 1), feat, s.d_cache, slots=slot, positions=slot,
-                                          visible=base_visible.view(1, 1, L))
+        root_hidden = self._draft_forward(s.root.view(1, 1), feat, s.d_cache, base, slots=slot, positions=slot,
+                                          tree_mask=s.draft_bits[0, :1, :1].unsqueeze(0), tree_len=1)
         ids, lp = self._draft_topk(root_hidden[:, -1], k)
         h_tok[:k], h_par[:k], h_score[:k] = ids[0], -1, lp[0]
         beams = torch.arange(k, device=dev)            # history index of each beam
         beam_feat = root_hidden[0, -1].expand(k, -1)   # EAGLE: the feature each beam is expanded with
-        parent_vis = base_visible.expand(k, L)         # its parent's visible slots
+        parent_bits = s.draft_bits[0, :1].expand(k, -1)  # the nodes its parent sees (the root: itself)
         rows = torch.arange(k, device=dev)
         n = k
         for level in range(1, self.depth):
+            nodes = 1 + level * k  # the tree so far, this level's beams last
             slots = root_slot + 1 + (level - 1) * k + rows
-            vis = parent_vis.clone().scatter_(1, slots.unsqueeze(1), True)  # + own slot
+            bits = parent_bits | s.draft_bits[level]  # + own node
             hidden = self._draft_forward(h_tok[beams].unsqueeze(0),
                                          beam_feat.unsqueeze(0) if self.eagle is not None else None, s.d_cache,
-                                         slots=slots.unsqueeze(0), positions=(root_slot + level).expand(1, k),
-                                         visible=vis.unsqueeze(0))
+                                         base, slots=slots.unsqueeze(0), positions=(root_slot + level).expand(1, k),
+                                         tree_mask=bits[:, :(nodes + 63) // 64].unsqueeze(0).contiguous(), tree_len=nodes)
             ids, lp = self._draft_topk(hidden[0], k)  # [k beams, k children]
             scores = (h_score[beams].unsqueeze(1) + lp).reshape(-1)
             h_tok[n:n + k * k] = ids.reshape(-1)
@@ -138,7 +141,7 @@ class SpeculativeGenerator:
             h_score[n:n + k * k] = scores
             best = torch.sort(scores, descending=True, stable=True).indices[:k]  # ties: lower index first
             parent = best // k
-            beams, beam_feat, parent_vis = n + best, hidden[0, parent], vis[parent]
+            beams, beam_feat, parent_bits = n + best, hidden[0, parent], bits[parent]
             n += k * k
         s.hist = (h_tok.unsqueeze(0), h_par.unsqueeze(0), h_score.unsqueeze(0))
 
@@ -295,7 +298,16 @@ class _Session:
         self.root_feature = torch.zeros(m.cfg.hidden_size, dtype=m.dtype, device=dev)
         self.uniforms = torch.ones(1, self.num_nodes, dtype=torch.float32, device=dev)
         self.emit = torch.zeros(1 + self.path_len, dtype=torch.long, device=dev)
-        self.slot_ids = torch.arange(L, device=dev)
+        # draft_bits[l]: the own-node bit of each of level l's topk beams (level 0: the root,
+        # node 0, in row 0), packed as build_dynamic_tree packs masks: node i is bit i % 64 of
+        # word i // 64 (int64, bit 63 the sign)
+        W = (1 + (gen.depth - 1) * gen.topk + 63) // 64
+        own = torch.zeros(gen.depth, gen.topk, W, dtype=torch.int64)
+        for level in range(gen.depth):
+            for r in range(gen.topk if level else 1):
+                node = 0 if level == 0 else 1 + (level - 1) * gen.topk + r
+                own[level, r, node // 64] = torch.tensor(1, dtype=torch.int64) << (node % 64)
+        self.draft_bits = own.to(dev)
         self.node_ids = torch.arange(self.num_nodes, device=dev).unsqueeze(0)
         self.path_ids = torch.arange(self.path_len, device=dev)
         self.refeed_ids = torch.arange(gen.depth, device=dev).unsqueeze(0)
