@@ -91,7 +91,8 @@ CASES = [
 def test_reference_tree_len_is_the_last_rows_of_the_whole_tree():
     """tree_len = T > N: the N queries are the last N of T nodes (a drafting level whose
     earlier levels are cached): the same as those rows of the whole tree's attention."""
-    for B, T, N, Hq, Hkv, D, lens in [(2, 11, 4, 4, 2, 64, [5, 0]), (1, 70, 6, 8, 2, 32, [33]), (1, 3, 1, 2, 1, 16, [2])]:
+    for B, T, N, Hq, Hkv, D, lens in [(2, 11, 4, 4, 2, 64, [5, 0]), (1, 70, 6, 8, 2, 32, [33]),
+                                       (1, 3, 1, 2, 1, 16, [2])]:
         q, k, v, cl, mask = make_case(B, T, Hq, Hkv, D, lens, torch.float64, "cpu", seed=T)
         full_out, full_lse = ref.tree_attention(q, k, v, cl, mask)
         out, lse = ref.tree_attention(q[:, T - N :], k, v, cl, mask[:, T - N :], tree_len=T)

@@ -204,7 +204,10 @@ static cudaError_t launch_merge(const TreeAttnParams& p, int D, cudaStream_t str
 
 template <typename T, int D>
 static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
-  if (uses_decode_kernel(p.N, p.Hq, p.Hkv) && p.T == p.N) {  // (it sees one node: the query's own)
+  // The decode kernel sees one tree node, the query's own: a single query below a longer
+  // tree (tree_len > 1, a drafting level of one beam) takes the MMA kernel, with the split
+  // count the one-node rule gave (any count <= kMergeMaxSplits works there).
+  if (uses_decode_kernel(p.N, p.Hq, p.Hkv) && p.T == p.N) {
     // up to kTdMaxCluster splits merge on chip in one kernel; more take the merge kernel below
     p.cluster = p.splits > 1 && p.splits <= kTdMaxCluster && current_device_is_sm90_or_newer() ? p.splits : 0;
     FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_decode_kernel<T, D>, dim3(p.splits, p.Hkv, p.B),

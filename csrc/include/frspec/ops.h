@@ -74,8 +74,9 @@ namespace frspec {
 // fewer queries than nodes: a drafting level, whose earlier levels are already in the
 // cache); k, v [B, L_max, Hkv, D] (the tree's keys at cache_len[b] + node);
 // mask [B, N, ceil(tree_len/64)] packed bits of the nodes each query sees; out [B, N, Hq, D],
-// lse [B, N, Hq] fp32. D in {64, 128}, Hq % Hkv == 0, N <= tree_len <= 1024. `splits` as tree_attention_num_splits gives it (requested <= 0:
-// its own rule, planned from max_len). `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
+// lse [B, N, Hq] fp32. D in {64, 128}, Hq % Hkv == 0, N <= tree_len <= 1024. `splits` as
+// tree_attention_num_splits gives it (requested <= 0: its own rule, planned from max_len and
+// N; a one-query call below a longer tree takes the MMA kernel with that count off sm_90a). `workspace` must hold tree_attention_workspace_bytes(...) bytes for the split
 // partials (0 if none are needed). impl: kAuto = the warp-specialised TMA + wgmma kernel
 // (kWgmma, 2-stage K/V ring) on sm_90a builds running on compute capability 9.0 with
 // D == 128 and N > 1, else the mma.sync kernel (kMma; one-node trees take the decode

@@ -130,10 +130,11 @@ class SpeculativeGenerator:
             nodes = 1 + level * k  # the tree so far, this level's beams last
             slots = root_slot + 1 + (level - 1) * k + rows
             bits = parent_bits | s.draft_bits[level]  # + own node
+            mask = bits[:, :(nodes + 63) // 64].unsqueeze(0).contiguous()
             hidden = self._draft_forward(h_tok[beams].unsqueeze(0),
                                          beam_feat.unsqueeze(0) if self.eagle is not None else None, s.d_cache,
                                          base, slots=slots.unsqueeze(0), positions=(root_slot + level).expand(1, k),
-                                         tree_mask=bits[:, :(nodes + 63) // 64].unsqueeze(0).contiguous(), tree_len=nodes)
+                                         tree_mask=mask, tree_len=nodes)
             ids, lp = self._draft_topk(hidden[0], k)  # [k beams, k children]
             scores = (h_score[beams].unsqueeze(1) + lp).reshape(-1)
             h_tok[n:n + k * k] = ids.reshape(-1)
