@@ -17,6 +17,7 @@ from frspec_cuda.benchmarks.e2e import TINY
 from frspec_cuda.benchmarks.timing import graph_time_us, time_us
 from frspec_cuda.models.eagle import random_eagle
 from frspec_cuda.models.llama import LLAMA3_8B, ModelConfig, random_model
+from frspec_cuda.reference.tree import unpack_mask
 from frspec_cuda.spec import SpeculativeGenerator
 from frspec_cuda.vocab import FRVocab
 
@@ -54,9 +55,7 @@ for P in lens:
         mask = bits.view(1, nq, 1).to(dev)
         visible = torch.zeros(1, 1, nq, L, dtype=torch.bool, device=dev)
         visible[..., :base] = True
-        for r in range(nq):
-            for node in range(T):
-                visible[0, 0, r, base + node] = bool(int(bits[r]) >> node & 1)
+        visible[0, 0, :, base : base + T] = unpack_mask(mask, T)[0]
         calls.append((q, mask, T, visible))
     cl = torch.tensor([base], dtype=torch.int32, device=dev)
 

@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 from frspec_cuda.models import generate_greedy, load_model  # noqa: E402
 from frspec_cuda import spec  # noqa: E402
 from frspec_cuda.spec import SpeculativeGenerator  # noqa: E402
+from frspec_cuda.reference.tree import unpack_mask  # noqa: E402
 from frspec_cuda.spec.autoregressive import divergence_gap  # noqa: E402
 from frspec_cuda.vocab import FRVocab  # noqa: E402
 from test_models import PROMPTS, write_checkpoint  # noqa: E402
@@ -62,9 +63,7 @@ def test_draft_level_tree_attention_equals_dense_visibility(model):
     bits = [1 | (1 << p) | (1 << (1 + k + r)) for r, p in enumerate(parents)]
     visible = torch.zeros(1, k, L, dtype=torch.bool)
     visible[0, :, :P] = True
-    for r in range(k):
-        for node in range(T):
-            visible[0, r, P + node] = bool(bits[r] >> node & 1)
+    visible[0, :, P : P + T] = unpack_mask(torch.tensor(bits).view(1, k, 1), T)[0]
     tokens = torch.randint(0, 256, (1, k), generator=g)
     slots, positions = torch.arange(P + 1 + k, P + T).view(1, k), torch.full((1, k), P + 2)
     tree_out = model.forward(tokens, cache.clone(), torch.tensor([P], dtype=torch.int32), slots=slots,
