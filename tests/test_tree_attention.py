@@ -161,6 +161,18 @@ def test_kernel_q_copy_paths(case, num_splits, q_tma, monkeypatch):
 
 
 @requires_kernel("tree_attention")
+@pytest.mark.parametrize("o_tma", ["0", "1"])
+@pytest.mark.parametrize("case", [0, 3, 4, 6, 7, 10, 13, 14])
+def test_kernel_one_split_epilogue_paths(case, o_tma, monkeypatch):
+    """The wgmma kernel's epilogue with one split: each consumer warpgroup's rows staged in
+    shared memory and stored by TMA (G | 64: G = 4, 16 here, B = 3 and 5 in cases 3 and 14;
+    nodes past N dropped by the TMA) or stored from registers (FRSPEC_TREE_O_TMA=0, read per
+    launch; the path G = 3 takes, case 13, and every multi-split call's partials)."""
+    monkeypatch.setenv("FRSPEC_TREE_O_TMA", o_tma)
+    check_rule(case, torch.bfloat16, 1, "wgmma")
+
+
+@requires_kernel("tree_attention")
 @pytest.mark.parametrize("case", [0, 3, 7])
 @pytest.mark.parametrize("impl", ["mma", "wgmma"])
 def test_kernel_more_than_32_splits(case, impl):

@@ -45,6 +45,7 @@ struct TreeAttnParams {
                      // memory, the wgmma kernel's (a row tile's) through L2 after a cluster barrier
   float scale_log2;  // softmax scale * log2(e)
   int q_tma;         // wgmma kernel: Q's row tile comes by TMA (tm_q; needs G | 128), else cp.async
+  int o_tma;         // wgmma kernel, one split: out goes by TMA (tm_o; needs G | 64), staged in Q's rows
 };
 
 #ifndef FRSPEC_TA_MIN_BLOCKS

@@ -63,7 +63,8 @@ __device__ __forceinline__ int64_t tw_out_row(const TreeAttnParams& p, int b, in
 template <typename T, int kStages, bool kOverlap, int kTwKeys>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                             const __grid_constant__ CUtensorMap tm_v, const TreeAttnParams p) {
+                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
+                             const TreeAttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 128;
   constexpr int kTile = static_cast<int>(tw_tile_bytes(kTwKeys)), kSlab = kTile / 2;
@@ -301,7 +302,38 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     inv[e] = l[e] > 0.f ? 1.f / l[e] : 0.f;
     lse[e] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
   }
-  if (active) {
+  if (active && p.o_tma) {
+    // One split: out through shared memory and TMA. This warpgroup's 64 rows are staged in
+    // its own Q rows (read only by its own Q K^T, all done) in Q's swizzled layout, and one
+    // thread stores them as two 8 KB boxes (64 packed rows x 64 columns). Stores straight
+    // from the accumulator registers move 4 bytes of 8 rows per instruction (~8 L1
+    // wavefronts each): B = 4 N = 128 4K 59.5 -> 56.8 us. For the fp32 partials of several
+    // splits (two passes through the 16 KB) it was 0.3-0.5 us slower (bench/NOTES.md tree v13).
+    uint8_t* stage = q_s + c * 64 * 128;     // rows c 64.. of slab 0; slab 1 at + kWgSlab
+    const int lr0 = warp * 16 + g;           // this thread's rows in the warpgroup's 64
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int jb = 0; jb < 16; ++jb)
+        *reinterpret_cast<uint32_t*>(stage + (jb >> 3) * kWgSlab + swizzle_128b(lr0 + 8 * e, jb & 7) + 4 * tig) =
+            pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+    fence_proxy_async_smem();
+    named_bar_sync(3 + c, 128);
+    if (threadIdx.x % 128 == 0) {
+      const int node0 = (r0 + c * 64) / G;  // (G | 64)
+      tma_store_4d(&tm_o, stage, 0, h * G, node0, b);
+      tma_store_4d(&tm_o, stage + kWgSlab, 64, h * G, node0, b);
+      bulk_commit();
+    }
+    if (tig == 0) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int r = r0 + lrow + 8 * e;
+        if (r < rows) p.lse[tw_out_row(p, b, h, G, r)] = lse[e];
+      }
+    }
+    if (threadIdx.x % 128 == 0) bulk_wait_read<0>();  // (shared memory must outlive the reads)
+  } else if (active) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int r = r0 + lrow + 8 * e;
