@@ -8,8 +8,9 @@
 // Warpgroups 1 and 2 each own 64 rows and take turns issuing their GEMMs (ping-pong), so one's softmax runs under the
 // other's tensor-core work; with kOverlap a consumer issues its P V of tile j-1 right behind
 // its Q K^T of tile j (FlashAttention-3's intra-warpgroup overlap in the source; ptxas
-// waits for that P V before the softmax, see apb_attention_sm90.cuh). Splits write fp32
-// partials, which the merge kernel merges; where the splits of a row tile are launched as
+// waits for that P V before the softmax, see apb_attention_sm90.cuh). With one split each
+// consumer warpgroup stores its rows of out by TMA from its own Q rows (G | 64). Splits write
+// fp32 partials, which the merge kernel merges; where the splits of a row tile are launched as
 // a cluster (<= 8; FRSPEC_TREE_CLUSTER=1, for measurement) each CTA instead merges a share
 // of the rows after a cluster barrier.
 #pragma once
