@@ -29,41 +29,34 @@ static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// One 128B-swizzled map of `rank` dims (dims[0] contiguous, strides in bytes for dims
-// 1..rank-1), elements past any dim zero-filled on loads and dropped on stores. Every map
-// below is this call.
-static bool encode_map(CUtensorMap* map, const void* base, unsigned rank, const cuuint64_t* dims,
-                       const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapDataType type) {
+// One 16-bit, 128B-swizzled map of `rank` dims (dims[0] contiguous, strides in bytes for
+// dims 1..rank-1), elements past any dim zero-filled on loads and dropped on stores. Both
+// maps below are this call.
+static bool encode_16bit_map(CUtensorMap* map, const void* base, unsigned rank, const cuuint64_t* dims,
+                             const cuuint64_t* strides, const cuuint32_t* box, bool bf16) {
   const auto encode = tensor_map_encoder();
   if (encode == nullptr) return false;
   const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
-  return encode(map, type, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  return encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
+                const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-static CUtensorMapDataType map_type(TmaElem elem) {
-  return elem == TmaElem::kF32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                               : (elem == TmaElem::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                         : CU_TENSOR_MAP_DATA_TYPE_FLOAT16);
 }
 
 bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, bool bf16, int box_rows) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
   const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  return encode_map(map, base, 2, dims, strides, box, map_type(bf16 ? TmaElem::kBf16 : TmaElem::kF16));
+  return encode_16bit_map(map, base, 2, dims, strides, box, bf16);
 }
 
 bool encode_heads_map(CUtensorMap* map, const void* base, int64_t B, int64_t N, int64_t Hq, int G, int tile_rows,
-                      TmaElem elem) {
+                      bool bf16) {
   if (G < 1 || tile_rows < G || tile_rows > 256 || tile_rows % G != 0) return false;
-  const cuuint64_t elem_bytes = elem == TmaElem::kF32 ? 4 : 2, row = 128 * elem_bytes;  // one head's 128 values
   const cuuint64_t dims[4] = {128, static_cast<cuuint64_t>(Hq), static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(B)};
-  const cuuint64_t strides[3] = {row, static_cast<cuuint64_t>(Hq) * row, static_cast<cuuint64_t>(N * Hq) * row};
-  const cuuint32_t box[4] = {static_cast<cuuint32_t>(128 / elem_bytes), static_cast<cuuint32_t>(G),
-                             static_cast<cuuint32_t>(tile_rows / G), 1};
-  return encode_map(map, base, 4, dims, strides, box, map_type(elem));
+  const cuuint64_t strides[3] = {256, static_cast<cuuint64_t>(Hq) * 256, static_cast<cuuint64_t>(N * Hq) * 256};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(G), static_cast<cuuint32_t>(tile_rows / G), 1};
+  return encode_16bit_map(map, base, 4, dims, strides, box, bf16);
 }
 
 }  // namespace frspec

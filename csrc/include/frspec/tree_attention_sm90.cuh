@@ -308,8 +308,9 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     // its own Q rows (read only by its own Q K^T, all done) in Q's swizzled layout, and one
     // thread stores them as two 8 KB boxes (64 packed rows x 64 columns). Stores straight
     // from the accumulator registers move 4 bytes of 8 rows per instruction (~8 L1
-    // wavefronts each): B = 4 N = 128 4K 59.5 -> 56.8 us. For the fp32 partials of several
-    // splits (two passes through the 16 KB) it was 0.3-0.5 us slower (bench/NOTES.md tree v13).
+    // wavefronts each): H100, B = 4 N = 128 4K 59.1 -> 57.2 us. The fp32 partials of several
+    // splits by TMA were up to 0.8 us slower (through the Q rows in two passes, or one through
+    // a 64 KB stage beside the ring; bench/NOTES.md tree v13).
     uint8_t* stage = q_s + c * 64 * 128;     // rows c 64.. of slab 0; slab 1 at + kWgSlab
     const int lr0 = warp * 16 + g;           // this thread's rows in the warpgroup's 64
 #pragma unroll
