@@ -19,6 +19,13 @@ static int num_sms() {
   return sms;
 }
 
+// Whether the environment variable `name` is set to `value` (measurement and test knobs,
+// read per call).
+static bool env_is(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, value) == 0;
+}
+
 // One-node trees with few query heads per KV head take tree_decode_kernel.
 static bool uses_decode_kernel(int64_t N, int64_t Hq, int64_t Hkv) { return N == 1 && Hq / Hkv <= kTdMaxG; }
 
@@ -53,10 +60,8 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 // larger first tiles arriving later). FRSPEC_TREE_KEYS=128 / 176 forces one (read per call; for
 // measurement and tests).
 static int ws_keys(int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t splits) {
-  if (const char* env = std::getenv("FRSPEC_TREE_KEYS")) {
-    if (std::strcmp(env, "176") == 0) return 176;
-    if (std::strcmp(env, "128") == 0) return 128;
-  }
+  if (env_is("FRSPEC_TREE_KEYS", "176")) return 176;
+  if (env_is("FRSPEC_TREE_KEYS", "128")) return 128;
   return N * (Hq / Hkv) > 64 && L_max >= 4096 * splits ? 176 : 128;
 }
 
@@ -235,16 +240,14 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
     return cudaErrorNotSupported;
   // Q by TMA where a row tile is whole nodes (G | kTwRows) and q is 16-byte aligned; else cp.async.
   // FRSPEC_TREE_Q_TMA=0 forces cp.async (read per launch; for measurement and tests).
-  const char* q_tma_env = std::getenv("FRSPEC_TREE_Q_TMA");
   const int G = p.Hq / p.Hkv;
-  p.q_tma = !(q_tma_env != nullptr && std::strcmp(q_tma_env, "0") == 0) && is_aligned(p.q, 16) &&
+  p.q_tma = !env_is("FRSPEC_TREE_Q_TMA", "0") && is_aligned(p.q, 16) &&
             encode_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, kTwRows, bf16);
   // With one split the epilogue stores out by TMA where a consumer warpgroup's 64 rows are
   // whole nodes (G | 64). FRSPEC_TREE_O_TMA=0 forces the stores from registers (read per
   // launch; for measurement and tests).
   CUtensorMap to{};
-  const char* o_tma_env = std::getenv("FRSPEC_TREE_O_TMA");
-  p.o_tma = !(o_tma_env != nullptr && std::strcmp(o_tma_env, "0") == 0) && p.splits == 1 && 64 % G == 0 &&
+  p.o_tma = !env_is("FRSPEC_TREE_O_TMA", "0") && p.splits == 1 && 64 % G == 0 &&
             is_aligned(p.out, 16) && encode_heads_map(&to, p.out, p.B, p.N, p.Hq, G, 64, bf16);
   constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
@@ -252,8 +255,7 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
   // Splits merge in the merge kernel; FRSPEC_TREE_CLUSTER=1 (read per launch; for measurement)
   // merges them in a thread-block cluster instead wherever one fits.
-  const char* cluster_env = std::getenv("FRSPEC_TREE_CLUSTER");
-  const bool cluster_ok = cluster_env != nullptr && std::strcmp(cluster_env, "1") == 0;
+  const bool cluster_ok = env_is("FRSPEC_TREE_CLUSTER", "1");
   const int64_t ctas = int64_t(p.row_tiles) * p.Hkv * p.B;
   p.cluster = cluster_ok && p.splits > 1 && p.splits <= kTwMaxCluster &&
                       ws_clusters_fit<T>(ctas, p.splits)

@@ -303,6 +303,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     inv[e] = l[e] > 0.f ? 1.f / l[e] : 0.f;
     lse[e] = l[e] > 0.f ? (m[e] + log2f(l[e])) * kLn2 : -INFINITY;
   }
+  const bool o_leader = active && p.o_tma && threadIdx.x % 128 == 0;  // issues its warpgroup's TMA stores
   if (active && p.o_tma) {
     // One split: out through shared memory and TMA. This warpgroup's 64 rows are staged in
     // its own Q rows (read only by its own Q K^T, all done) in Q's swizzled layout, and one
@@ -321,21 +322,14 @@ __global__ void __launch_bounds__(kTwThreads, 1)
             pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
     fence_proxy_async_smem();
     named_bar_sync(3 + c, 128);
-    if (threadIdx.x % 128 == 0) {
+    if (o_leader) {
       const int node0 = (r0 + c * 64) / G;  // (G | 64)
       tma_store_4d(&tm_o, stage, 0, h * G, node0, b);
       tma_store_4d(&tm_o, stage + kWgSlab, 64, h * G, node0, b);
       bulk_commit();
     }
-    if (tig == 0) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int r = r0 + lrow + 8 * e;
-        if (r < rows) p.lse[tw_out_row(p, b, h, G, r)] = lse[e];
-      }
-    }
-    if (threadIdx.x % 128 == 0) bulk_wait_read<0>();  // (shared memory must outlive the reads)
-  } else if (active) {
+  }
+  if (active) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int r = r0 + lrow + 8 * e;
@@ -343,10 +337,12 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const int64_t row = tw_out_row(p, b, h, G, r);
       if (p.splits == 1) {
         T* out = static_cast<T*>(p.out) + row * D;
+        if (!p.o_tma) {
 #pragma unroll
-        for (int jb = 0; jb < 16; ++jb)
-          *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
-              pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+          for (int jb = 0; jb < 16; ++jb)
+            *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
+                pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+        }
         if (tig == 0) p.lse[row] = lse[e];
       } else {
         const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
@@ -359,6 +355,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       }
     }
   }
+  if (o_leader) bulk_wait_read<0>();  // (shared memory must outlive the TMA's reads)
   if (p.cluster > 1) {
     // The cluster is this row tile's splits (rank = split): once every split's partial rows
     // are written (the barrier orders them at cluster scope), each CTA merges a share of the
