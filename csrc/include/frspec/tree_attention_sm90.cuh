@@ -333,9 +333,10 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int r = r0 + lrow + 8 * e;
-      if (r >= rows) continue;
-      const int64_t row = tw_out_row(p, b, h, G, r);
+      const bool row_ok = r < rows;  // (no early exit: the partials' shuffles need the whole warp)
+      const int64_t row = tw_out_row(p, b, h, G, min(r, rows - 1));
       if (p.splits == 1) {
+        if (!row_ok) continue;
         T* out = static_cast<T*>(p.out) + row * D;
         if (!p.o_tma) {
 #pragma unroll
@@ -347,11 +348,30 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       } else {
         const int64_t prow = static_cast<int64_t>(split) * p.B * p.N * p.Hq + row;
         float* out = p.part_out + prow * D;
+        if (consumers == 2) {
+          // 16-byte stores: of column blocks 2 jp and 2 jp + 1 (8 columns each, 2 per lane of
+          // the quad) the even lanes store block 2 jp and the odd ones block 2 jp + 1, 4 columns
+          // each, taking the pair they lack from the neighbouring lane: half the store
+          // instructions of 8-byte stores (H100, B = 1 N = 128 / 60 4K 22.7 / 17.1 -> 22.1 /
+          // 16.7 us). With one consumer warpgroup the shuffles cost more than they save (B = 4
+          // N = 1 4K 30.0 -> 30.6), so it keeps 8-byte stores (bench/NOTES.md tree v14).
+          const bool odd = tig & 1;
 #pragma unroll
-        for (int jb = 0; jb < 16; ++jb)
-          *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
-              make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
-        if (tig == 0) p.part_lse[prow] = lse[e];
+          for (int jp = 0; jp < 8; ++jp) {
+            const float a0 = o[8 * jp + 2 * e] * inv[e], a1 = o[8 * jp + 2 * e + 1] * inv[e];
+            const float b0 = o[8 * jp + 4 + 2 * e] * inv[e], b1 = o[8 * jp + 4 + 2 * e + 1] * inv[e];
+            const float x0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
+            const float x1 = __shfl_xor_sync(0xffffffffu, odd ? a1 : b1, 1);
+            const float4 v = odd ? make_float4(x0, x1, b0, b1) : make_float4(a0, a1, x0, x1);
+            if (row_ok) *reinterpret_cast<float4*>(out + 8 * (2 * jp + (odd ? 1 : 0)) + 2 * (tig & 2)) = v;
+          }
+        } else if (row_ok) {
+#pragma unroll
+          for (int jb = 0; jb < 16; ++jb)
+            *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
+                make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
+        }
+        if (row_ok && tig == 0) p.part_lse[prow] = lse[e];
       }
     }
   }
