@@ -244,11 +244,11 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   p.q_tma = !env_is("FRSPEC_TREE_Q_TMA", "0") && is_aligned(p.q, 16) &&
             encode_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, kTwRows, bf16);
   // With one split the epilogue stores out by TMA where a consumer warpgroup's 64 rows are
-  // whole nodes (G | 64). FRSPEC_TREE_O_TMA=0 forces the stores from registers (read per
-  // launch; for measurement and tests).
+  // whole nodes (G | 64, checked by the encoder as for Q). FRSPEC_TREE_O_TMA=0 forces the
+  // stores from registers (read per launch; for measurement and tests).
   CUtensorMap to{};
-  p.o_tma = !env_is("FRSPEC_TREE_O_TMA", "0") && p.splits == 1 && 64 % G == 0 &&
-            is_aligned(p.out, 16) && encode_heads_map(&to, p.out, p.B, p.N, p.Hq, G, 64, bf16);
+  p.o_tma = !env_is("FRSPEC_TREE_O_TMA", "0") && p.splits == 1 && is_aligned(p.out, 16) &&
+            encode_heads_map(&to, p.out, p.B, p.N, p.Hq, G, 64, bf16);
   constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
   FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
