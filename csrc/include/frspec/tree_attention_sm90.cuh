@@ -132,11 +132,16 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       tma_load_2d(ring + st * kTile, tm, h * D, row0 + k0, &full[st]);
       tma_load_2d(ring + st * kTile + kSlab, tm, h * D + 64, row0 + k0, &full[st]);
     };
-    // At the start every CTA asks at once, so the order of the first loads matters: K's
-    // first tile goes out while Q is in flight, V's once K's has landed (the first Q K^T
-    // needs only Q and K; 0.1-1.6 us at 4K prefixes, nothing at 32K: bench/NOTES.md tree v9),
-    // each ring's later stages once its first tile has landed (a first tile queued behind
-    // everyone's second one starts the GEMMs later: 0.3-1.0 us at 512-4K, tree v7).
+    // At the start every CTA asks at once, so the order of the first loads matters where
+    // both consumer warpgroups compute: K's first tile goes out while Q is in flight, V's
+    // once K's has landed (the first Q K^T needs only Q and K; 0.1-1.6 us at 4K prefixes,
+    // nothing at 32K: bench/NOTES.md tree v9), each ring's later stages once its first tile
+    // has landed (a first tile queued behind everyone's second one starts the GEMMs later:
+    // 0.3-1.0 us at 512-4K, tree v7). One-consumer tiles only stream (<= 64 rows; ~half the
+    // SMs busy): there everything goes out at once (H100, B = 4 N = 16 / N = 1 4K 31.7 /
+    // 30.0 -> 31.3 / 29.3 us; slower on two-consumer shapes, e.g. B = 1 N = 60 4K 17.1 ->
+    // 17.6; tree v15).
+    const bool stagger = consumers == 2;
     if (p.q_tma) {
       // Q: the row tile's 128 / G nodes x G heads as two 64-column boxes (nodes past N zero)
       if (is_k) {
@@ -161,7 +166,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       mbar_arrive(q_full);
     }
     if (loader && !is_k && n_tiles > 0) {
-      mbar_wait(&k_full[0], 0);
+      if (stagger) mbar_wait(&k_full[0], 0);
       issue_tile(0);
     }
     if (threadIdx.x / 32 == 1 && partial_first) {
@@ -182,7 +187,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       if (lane == 0) mbar_arrive(v_tail);
     }
     if (loader && n_tiles > 1) {
-      mbar_wait(&full[0], 0);
+      if (stagger) mbar_wait(&full[0], 0);
       for (int it = 1; it < n_tiles; ++it) issue_tile(it);
     }
     __syncwarp();
