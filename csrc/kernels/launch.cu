@@ -1,4 +1,5 @@
-// The process-wide switch for programmatic dependent launch (see frspec/common.cuh).
+// The process-wide switch for programmatic dependent launch and the environment knobs (see
+// frspec/common.cuh).
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -8,13 +9,15 @@
 namespace frspec {
 namespace {
 std::atomic<bool>& pdl_flag() {
-  static std::atomic<bool> flag{[] {
-    const char* env = std::getenv("FRSPEC_PDL");
-    return !(env && std::strcmp(env, "0") == 0);
-  }()};
+  static std::atomic<bool> flag{!env_is("FRSPEC_PDL", "0")};
   return flag;
 }
 }  // namespace
+
+bool env_is(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, value) == 0;
+}
 
 bool pdl_enabled() { return pdl_flag().load(std::memory_order_relaxed); }
 void set_pdl_enabled(bool enabled) { pdl_flag().store(enabled, std::memory_order_relaxed); }

@@ -1,7 +1,5 @@
 // Instantiations and launchers of tree attention (see frspec/tree_attention.cuh).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "frspec/ops.h"
 #include "frspec/sm90_host.h"
@@ -17,13 +15,6 @@ static int num_sms() {
     return n;
   }();
   return sms;
-}
-
-// Whether the environment variable `name` is set to `value` (measurement and test knobs,
-// read per call).
-static bool env_is(const char* name, const char* value) {
-  const char* env = std::getenv(name);
-  return env != nullptr && std::strcmp(env, value) == 0;
 }
 
 // One-node trees with few query heads per KV head take tree_decode_kernel.

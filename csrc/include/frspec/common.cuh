@@ -86,6 +86,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // set_pdl_enabled() flips it (benchmarks compare both). Defined in csrc/kernels/launch.cu.
 bool pdl_enabled();
 void set_pdl_enabled(bool enabled);
+// Whether the environment variable `name` is set to `value` (the measurement and test knobs
+// FRSPEC_*, read per call). Defined in csrc/kernels/launch.cu.
+bool env_is(const char* name, const char* value);
 // Compute capability >= 9.0 (PDL and thread-block clusters exist) for the current device.
 bool current_device_is_sm90_or_newer();
 
