@@ -46,6 +46,9 @@ if torch.cuda.get_device_capability() == (9, 0):  # the wgmma kernel: one split,
     for splits in (1, 3, 7):
         tree.tree_attention(qw, kw, torch.randn_like(kw), cl, t.mask, num_splits=splits, impl="wgmma")
     del os.environ["FRSPEC_TREE_KEYS"]
+    qw, kw = qw[..., :64].contiguous(), kw[..., :64].contiguous()  # head_dim 64
+    for splits in (1, 3, 9):
+        tree.tree_attention(qw, kw, torch.randn_like(kw), cl, t.mask, num_splits=splits, impl="wgmma")
 o = torch.randn(7, 3, 80, device=dev, dtype=torch.float16)
 frspec_cuda.merge_attention_states(o, torch.randn(7, 3, device=dev), o, torch.randn(7, 3, device=dev))
 frspec_cuda.fr_lm_head_topk(torch.randn(5, 72, device=dev, dtype=torch.bfloat16),

@@ -85,6 +85,11 @@ CASES = [
     (2, 43, 24, 8, 128, [0, 1]),  # G = 3, 129 rows: a second tile with one row
     # B = 5: 80 row tiles leave SMs idle in one wave; auto takes several waves of more splits
     (5, 60, 32, 8, 128, [8192, 3000, 0, 8100, 4097]),
+    # head_dim 64 through the wgmma kernel (Llama-3.2-1B's heads; cases 15-18)
+    (1, 60, 32, 8, 64, [4096]),
+    (3, 60, 32, 8, 64, [100, 2000, 0]),
+    (2, 37, 12, 4, 64, [129, 3000]),  # G = 3: Q by cp.async, out from registers
+    (1, 20, 6, 2, 64, [1000]),  # 60 rows: one consumer warpgroup
 ]
 
 
@@ -117,15 +122,19 @@ TREE_LEN_CASES = [
 @pytest.mark.parametrize("impl", ["mma", "wgmma"])
 def test_kernel_tree_len(case, num_splits, impl):
     B, T, N, Hq, Hkv, D, lens = TREE_LEN_CASES[case]
-    if impl == "wgmma" and not wgmma_ok(D):
-        pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")
+    if not wgmma_ok(D, impl):
+        pytest.skip("the wgmma kernel needs compute capability 9.0 (and head_dim 128 for wgmma_serial)")
     q, k, v, cl, mask = make_case(B, T, Hq, Hkv, D, lens, torch.bfloat16, "cuda", seed=100 + case)
     q, mask = q[:, T - N :].contiguous(), mask[:, T - N :].contiguous()
     check_against_float64(q, k, v, cl, mask, lens, num_splits, impl, T)
 
 
-def wgmma_ok(D):
-    return D == 128 and torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+def wgmma_ok(D, impl="wgmma"):
+    """Whether `impl` runs at head_dim D here (always for mma): the wgmma kernel takes head_dim 64 and
+    128 on compute capability 9.0, its serial schedule 128 only."""
+    if not impl.startswith("wgmma"):
+        return True
+    return (D == 128 or impl == "wgmma") and torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 @requires_kernel("tree_attention")
@@ -139,7 +148,7 @@ def test_kernel_flash_attention_rule(case, dtype, num_splits, impl):
 
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("cluster", ["0", "1"])
-@pytest.mark.parametrize("case", [0, 3, 7, 11, 13])
+@pytest.mark.parametrize("case", [0, 3, 7, 11, 13, 15, 18])
 @pytest.mark.parametrize("num_splits", [2, 3, 8])
 def test_kernel_split_merge_paths(case, num_splits, cluster, monkeypatch):
     """The wgmma kernel's splits merged by the merge kernel (FRSPEC_TREE_CLUSTER=0) or, forced
@@ -150,7 +159,7 @@ def test_kernel_split_merge_paths(case, num_splits, cluster, monkeypatch):
 
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("q_tma", ["0", "1"])
-@pytest.mark.parametrize("case", [0, 4, 6, 10, 12])
+@pytest.mark.parametrize("case", [0, 4, 6, 10, 12, 15, 17])
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_kernel_q_copy_paths(case, num_splits, q_tma, monkeypatch):
     """The wgmma kernel's Q row tile by TMA (G | 128: G = 4, 16 here; the last row tile past
@@ -162,7 +171,7 @@ def test_kernel_q_copy_paths(case, num_splits, q_tma, monkeypatch):
 
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("o_tma", ["0", "1"])
-@pytest.mark.parametrize("case", [0, 3, 4, 6, 7, 10, 13, 14])
+@pytest.mark.parametrize("case", [0, 3, 4, 6, 7, 10, 13, 14, 15, 16, 17, 18])
 def test_kernel_one_split_epilogue_paths(case, o_tma, monkeypatch):
     """The wgmma kernel's epilogue with one split: each consumer warpgroup's rows staged in
     shared memory and stored by TMA (G | 64: G = 4, 16 here, B = 3 and 5 in cases 3 and 14;
@@ -213,6 +222,8 @@ def test_split_rule():
     for B in (1, 2, 3, 4, 5, 8):
         assert splits(B, 16, 16 + 32768) == half(8 * B), B
     assert splits(4, 1, 1 + 32768) == one_wave(32)
+    for B in (2, 4, 8):  # head_dim 64: a full wave for one-consumer tiles too
+        assert tree.tree_attention_num_splits(B, 16, 32, 8, 64, 16 + 4096) == one_wave(8 * B), B
     # short caches: about two 128-key tiles per split, within one wave
     assert splits(1, 60, 830) == min(one_wave(16), 4)  # 7 tiles
     assert splits(1, 16, 830) == min(one_wave(8), 4)
@@ -226,8 +237,8 @@ def test_split_rule():
 
 def check_rule(case, dtype, num_splits, impl):
     B, N, Hq, Hkv, D, lens = CASES[case]
-    if impl.startswith("wgmma") and not wgmma_ok(D):
-        pytest.skip("the wgmma kernel needs head_dim 128 on compute capability 9.0")
+    if not wgmma_ok(D, impl):
+        pytest.skip("the wgmma kernel needs compute capability 9.0 (and head_dim 128 for wgmma_serial)")
     q, k, v, cl, mask = make_case(B, N, Hq, Hkv, D, lens, dtype, "cuda", seed=case * 10 + num_splits)
     check_against_float64(q, k, v, cl, mask, lens, num_splits, impl)
 
@@ -290,16 +301,17 @@ def test_kernel_rejects_bad_inputs():
         op(q_odd, k, v, cl, mask, 1.0, 0)
     with pytest.raises(ValueError, match="impl must be one of"):
         tree.tree_attention(q, k, v, cl, mask, impl="fast")
-    with pytest.raises(RuntimeError, match="not supported"):  # the wgmma kernel is head_dim 128 only
-        tree.tree_attention(q, k, v, cl, mask, impl="wgmma")
+    with pytest.raises(RuntimeError, match="not supported"):  # the serial schedule is head_dim 128 only
+        tree.tree_attention(q, k, v, cl, mask, impl="wgmma_serial")
 
 
 @requires_kernel("tree_attention")
+@pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("impl", ["mma", "wgmma"])
-def test_kernel_in_cuda_graph(impl):
-    if impl == "wgmma" and not wgmma_ok(128):
+def test_kernel_in_cuda_graph(impl, D):
+    if not wgmma_ok(D, impl):
         pytest.skip("the wgmma kernel needs compute capability 9.0")
-    q, k, v, cl, mask = make_case(2, 60, 32, 8, 128, [500, 1500], torch.bfloat16, "cuda", seed=3)
+    q, k, v, cl, mask = make_case(2, 60, 32, 8, D, [500, 1500], torch.bfloat16, "cuda", seed=3)
     tree.tree_attention(q, k, v, cl, mask, impl=impl)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

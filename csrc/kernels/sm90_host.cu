@@ -51,10 +51,13 @@ bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int64_t c
 }
 
 bool encode_heads_map(CUtensorMap* map, const void* base, int64_t B, int64_t N, int64_t Hq, int G, int tile_rows,
-                      bool bf16) {
-  if (G < 1 || tile_rows < G || tile_rows > 256 || tile_rows % G != 0) return false;
-  const cuuint64_t dims[4] = {128, static_cast<cuuint64_t>(Hq), static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(B)};
-  const cuuint64_t strides[3] = {256, static_cast<cuuint64_t>(Hq) * 256, static_cast<cuuint64_t>(N * Hq) * 256};
+                      bool bf16, int head_dim) {
+  if (G < 1 || tile_rows < G || tile_rows > 256 || tile_rows % G != 0 || (head_dim != 64 && head_dim != 128))
+    return false;
+  const cuuint64_t row = static_cast<cuuint64_t>(head_dim) * 2;  // bytes of one head's vector
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(Hq),
+                              static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(B)};
+  const cuuint64_t strides[3] = {row, static_cast<cuuint64_t>(Hq) * row, static_cast<cuuint64_t>(N * Hq) * row};
   const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(G), static_cast<cuuint32_t>(tile_rows / G), 1};
   return encode_16bit_map(map, base, 4, dims, strides, box, bf16);
 }

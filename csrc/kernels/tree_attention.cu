@@ -27,7 +27,9 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
                                  int64_t L_max) {
 #ifdef FRSPEC_HAS_SM90A
   // (TMA row coordinates are 32-bit: the cache is addressed as B * L_max rows)
-  const bool wgmma_ok = D == 128 && B * L_max < (int64_t(1) << 31) && sm90a_device();
+  // (head_dim 64 only with the overlap schedule: the serial one is kept for measurement at 128)
+  const bool wgmma_ok = (D == 128 || (D == 64 && impl != TreeAttnImpl::kWgmmaSerial)) &&
+                        B * L_max < (int64_t(1) << 31) && sm90a_device();
 #else
   const bool wgmma_ok = false;
 #endif
@@ -49,8 +51,9 @@ static TreeAttnImpl resolve_impl(TreeAttnImpl impl, int64_t B, int64_t N, int64_
 // faster (B = 4, N = 128 502.7 vs 481.5 us; first version 4-8% on all four 32K shapes); from
 // 1K to 8K keys 128 is (B = 1, N = 60 4K 19.5 vs 20.5 us, N = 128 8K 40.1 vs 42.2; likely the
 // larger first tiles arriving later). FRSPEC_TREE_KEYS=128 / 176 forces one (read per call; for
-// measurement and tests).
-static int ws_keys(int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t splits) {
+// measurement and tests). Head_dim 64 takes 128 (one instantiation).
+static int ws_keys(int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, int64_t splits) {
+  if (D == 64) return 128;
   if (env_is("FRSPEC_TREE_KEYS", "176")) return 176;
   if (env_is("FRSPEC_TREE_KEYS", "128")) return 128;
   return N * (Hq / Hkv) > 64 && L_max >= 4096 * splits ? 176 : 128;
@@ -107,12 +110,13 @@ static bool ws_clusters_fit(int64_t ctas, int size) {
 // writes s fp32 partials per row. Constants fitted on an H100 (2026-11-26, bench/NOTES.md
 // tree v9: within ~10% of 40 measured (B, N, prefix, splits) points, the ranking right):
 // 2.3 / 1.7 us per 176- / 128-key tile, 3 TB/s for the partials.
-static double ws_model_us(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t L_max, int64_t ctas, int64_t s) {
-  const int keys = ws_keys(N, Hq, Hkv, L_max, s);
+static double ws_model_us(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t L_max, int64_t ctas,
+                          int64_t s) {
+  const int keys = ws_keys(N, Hq, Hkv, D, L_max, s);
   const double per_tile = keys == 176 ? 2.3 : 1.7;
   const int64_t waves = ceil_div(ctas * s, static_cast<int64_t>(num_sms()));
   double us = static_cast<double>(waves) * (static_cast<double>(ceil_div(ceil_div(L_max, keys), s)) * per_tile + 4.0);
-  if (s > 1) us += 3.0 + static_cast<double>(s * B * N * Hq) * (128 + 1) * 4 * 2 / 3.0e6;
+  if (s > 1) us += 3.0 + static_cast<double>(s * B * N * Hq) * (D + 1) * 4 * 2 / 3.0e6;
   return us;
 }
 
@@ -144,8 +148,11 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
     // 56.2 / 359.4, B = 3 26.9 / 141.2 vs 28.0 / 143.9; slower at B = 5, 40.0 / 242.3 vs
     // 39.2 / 230.5, and B = 6 32K, 302.1 vs 294.0; bench/NOTES.md tree v11). Up to 8 rows
     // (one-node trees) a full wave measured faster (B = 4, N = 1 32K 181 vs 192 us at half).
+    // So does every one-consumer tile at head_dim 64, whose 2-stage ring holds half the bytes
+    // (H100, 2026-11-26, N = 16, half / one wave: B = 4 4K 21.5 / 20.0 us, 32K 115.2 / 98.1, B = 2
+    // 4K 13.7 / 12.8, B = 8 4K 33.4 / 32.3; bench/NOTES.md tree v15).
     if (N * (Hq / Hkv) <= 64) {
-      if (N * (Hq / Hkv) <= 8) return static_cast<int>(want);
+      if (N * (Hq / Hkv) <= 8 || D == 64) return static_cast<int>(want);
       const int64_t half = (num_sms() / 2 + ctas / 2) / ctas;  // round(SMs / 2 / ctas)
       return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({half, max_tiles, kTwMaxCluster})));
     }
@@ -153,11 +160,11 @@ int tree_attention_num_splits(int64_t B, int64_t N, int64_t Hq, int64_t Hkv, int
     // up to a third of them), more splits in several waves can finish sooner: take the
     // split count the model times fastest if it beats the one-wave count by >= 5% (the
     // model's error).
-    const double one_wave = ws_model_us(B, N, Hq, Hkv, L_max, ctas, want);
+    const double one_wave = ws_model_us(B, N, Hq, Hkv, D, L_max, ctas, want);
     int64_t best = want;
     double best_us = one_wave;
     for (int64_t s = 1; s <= std::min<int64_t>(max_tiles, kTwMaxWaveSplits); ++s) {
-      const double us = ws_model_us(B, N, Hq, Hkv, L_max, ctas, s);
+      const double us = ws_model_us(B, N, Hq, Hkv, D, L_max, ctas, s);
       if (us < best_us) best = s, best_us = us;
     }
     return static_cast<int>(best_us < 0.95 * one_wave ? best : want);
@@ -222,26 +229,26 @@ static cudaError_t launch(TreeAttnParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int kStages, bool kOverlap, int kKeys>
+template <typename T, int kStages, bool kOverlap, int kKeys, int kD = 128>
 static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap tq{}, tk, tv;  // tk, tv: the caches as [B * L_max, Hkv * D] rows; tq: q (below)
-  if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys) ||
-      !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * 128, bf16, kKeys))
+  if (!encode_rows_map(&tk, p.k, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * kD, bf16, kKeys) ||
+      !encode_rows_map(&tv, p.v, int64_t(p.B) * p.L_max, int64_t(p.Hkv) * kD, bf16, kKeys))
     return cudaErrorNotSupported;
   // Q by TMA where a row tile is whole nodes (G | kTwRows) and q is 16-byte aligned; else cp.async.
   // FRSPEC_TREE_Q_TMA=0 forces cp.async (read per launch; for measurement and tests).
   const int G = p.Hq / p.Hkv;
   p.q_tma = !env_is("FRSPEC_TREE_Q_TMA", "0") && is_aligned(p.q, 16) &&
-            encode_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, kTwRows, bf16);
+            encode_heads_map(&tq, p.q, p.B, p.N, p.Hq, G, kTwRows, bf16, kD);
   // With one split the epilogue stores out by TMA where a consumer warpgroup's 64 rows are
   // whole nodes (G | 64, checked by the encoder as for Q). FRSPEC_TREE_O_TMA=0 forces the
   // stores from registers (read per launch; for measurement and tests).
   CUtensorMap to{};
   p.o_tma = !env_is("FRSPEC_TREE_O_TMA", "0") && p.splits == 1 && is_aligned(p.out, 16) &&
-            encode_heads_map(&to, p.out, p.B, p.N, p.Hq, G, 64, bf16);
-  constexpr size_t smem = tw_smem_bytes(kStages, kKeys);
-  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>,
+            encode_heads_map(&to, p.out, p.B, p.N, p.Hq, G, 64, bf16, kD);
+  constexpr size_t smem = tw_smem_bytes(kStages, kKeys, kD);
+  FRSPEC_RETURN_IF_ERROR(cudaFuncSetAttribute(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys, kD>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   p.row_tiles = static_cast<int>(ceil_div(int64_t(p.N) * (p.Hq / p.Hkv), kTwRows));
   // Splits merge in the merge kernel; FRSPEC_TREE_CLUSTER=1 (read per launch; for measurement)
@@ -253,9 +260,10 @@ static cudaError_t launch_ws(TreeAttnParams p, cudaStream_t stream) {
                   ? p.splits
                   : 0;
   const dim3 grid(p.row_tiles * p.splits, p.Hkv, p.B);
-  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys>, grid, dim3(kTwThreads), smem,
-                                                 stream, static_cast<unsigned>(p.cluster), tq, tk, tv, to, p));
-  if (p.splits > 1 && !p.cluster) return launch_merge<T>(p, 128, stream);
+  FRSPEC_RETURN_IF_ERROR(launch_kernel_clustered(tree_attention_ws_kernel<T, kStages, kOverlap, kKeys, kD>, grid,
+                                                 dim3(kTwThreads), smem, stream, static_cast<unsigned>(p.cluster), tq, tk,
+                                                 tv, to, p));
+  if (p.splits > 1 && !p.cluster) return launch_merge<T>(p, kD, stream);
   return cudaGetLastError();
 }
 
@@ -285,7 +293,9 @@ cudaError_t tree_attention(const void* q, const void* k, const void* v, const in
     if (!is_aligned(k, 16) || !is_aligned(v, 16)) return cudaErrorMisalignedAddress;
     if (impl == TreeAttnImpl::kWgmmaSerial)
       return bf16 ? launch_ws<__nv_bfloat16, 2, false, 128>(p, stream) : launch_ws<__half, 2, false, 128>(p, stream);
-    if (ws_keys(N, Hq, Hkv, L_max, splits) == 176)
+    if (D == 64)
+      return bf16 ? launch_ws<__nv_bfloat16, 2, true, 128, 64>(p, stream) : launch_ws<__half, 2, true, 128, 64>(p, stream);
+    if (ws_keys(N, Hq, Hkv, D, L_max, splits) == 176)
       return bf16 ? launch_ws<__nv_bfloat16, 2, true, 176>(p, stream) : launch_ws<__half, 2, true, 176>(p, stream);
     return bf16 ? launch_ws<__nv_bfloat16, 2, true, 128>(p, stream) : launch_ws<__half, 2, true, 128>(p, stream);
   }

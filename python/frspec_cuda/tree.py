@@ -100,10 +100,10 @@ def tree_attention(q, k_cache, v_cache, cache_len, mask, scale: float | None = N
     their ancestors among the earlier levels' nodes (already in the cache) and themselves. On CUDA: one
     kernel, split over the keys (num_splits 0 = its own rule, `tree_attention_num_splits`), the
     splits merged by a second kernel. impl: "auto", "mma" (mma.sync, any sm_80+ build) or "wgmma" (Hopper,
-    warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 on
-    an sm_90a build; auto takes it for N > 1, and for one-node trees -- decode steps -- once
+    warp-specialised TMA + wgmma, key tile j-1's P V issued behind tile j's Q K^T; head_dim 128 or 64
+    on an sm_90a build; auto takes it for N > 1, and for one-node trees -- decode steps -- once
     B * max_len > 1024; below that a load-and-shuffle decode kernel), "wgmma_serial" (the same, each tile's P V
-    after its softmax; kept for measurement).
+    after its softmax; head_dim 128; kept for measurement).
     """
     code = _impl_code(impl)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

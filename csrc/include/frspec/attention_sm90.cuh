@@ -26,11 +26,13 @@ __device__ __forceinline__ void wg_load_tile(uint8_t* dst, RowPtr src_row, RowOk
 }
 
 // S = Q K^T for one warpgroup: its 64 rows of the swizzled Q tile (starting `q_row_bytes`
-// into each slab) x one K tile of 2 NS keys (128 or 176; two [2 NS x 64] slabs, back to
-// back), D = 128, issued as one committed wgmma group (not waited for).
-template <typename T, int NS>
+// into each slab) x one K tile of 2 NS keys (128 or 176; kD / 64 [2 NS x 64] slabs, back to
+// back), head_dim kD (128 or 64: 8 or 4 k steps), issued as one committed wgmma group (not
+// waited for).
+template <typename T, int NS, int kD = 128>
 __device__ __forceinline__ void wg_issue_qk(float (&s)[NS], const uint8_t* q_s, int q_row_bytes, const uint8_t* k_tile) {
   static_assert(NS == 64 || NS == 88, "128- or 176-key tiles");
+  static_assert(kD == 64 || kD == 128, "head_dim 64 or 128");
   constexpr int kKSlab = 2 * NS * 128;  // bytes of one 64-column slab of the K tile
   wgmma_fence();
   wgmma_fence_operands(s);
@@ -39,7 +41,7 @@ __device__ __forceinline__ void wg_issue_qk(float (&s)[NS], const uint8_t* q_s, 
   // cost ~70 more instructions per tile in the ping-pong issue window.
   const uint64_t da0 = wgmma_desc(q_s + q_row_bytes, 16, 1024), db0 = wgmma_desc(k_tile, 16, 1024);
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
+  for (int kk = 0; kk < kD / 16; ++kk) {
     const uint64_t step_a = static_cast<uint64_t>(((kk / 4) * kWgSlab + (kk % 4) * 32) >> 4);
     const uint64_t step_b = static_cast<uint64_t>(((kk / 4) * kKSlab + (kk % 4) * 32) >> 4);
     if constexpr (NS == 64)
@@ -64,10 +66,22 @@ __device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)
     wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
   wgmma_commit();
 }
+// The same at head_dim 64: O is [64 x 64] (32 accumulators per thread), V one [16 KS x 64] slab.
+template <typename T, int KS>
+__device__ __forceinline__ void wg_issue_pv(float (&o)[32], const uint32_t (&pf)[KS][4], const uint8_t* v_tile) {
+  wgmma_fence();
+  wgmma_fence_operands(o);
+  const uint64_t db0 = wgmma_desc(v_tile, 16 * KS * 128, 1024);
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk)
+    wgmma_m64n64k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
+  wgmma_commit();
+}
 
 // Wait for this warpgroup's outstanding wgmma (its P V), then, if `release`, lane 0 of each
 // warp arrives on the V stage's empty barrier (it counts one arrival per consumer warp).
-__device__ __forceinline__ void wg_wait_pv(float (&o)[64], uint64_t* v_empty, bool release) {
+template <int NO>
+__device__ __forceinline__ void wg_wait_pv(float (&o)[NO], uint64_t* v_empty, bool release) {
   wgmma_wait<0>();
   wgmma_fence_operands(o);
   __syncwarp();
@@ -75,9 +89,10 @@ __device__ __forceinline__ void wg_wait_pv(float (&o)[64], uint64_t* v_empty, bo
 }
 
 // o *= alpha per row (the online-softmax rescale).
-__device__ __forceinline__ void wg_rescale(float (&o)[64], const float (&alpha)[2]) {
+template <int NO>
+__device__ __forceinline__ void wg_rescale(float (&o)[NO], const float (&alpha)[2]) {
 #pragma unroll
-  for (int jb = 0; jb < 16; ++jb) {
+  for (int jb = 0; jb < NO / 4; ++jb) {
     o[4 * jb + 0] *= alpha[0];
     o[4 * jb + 1] *= alpha[0];
     o[4 * jb + 2] *= alpha[1];

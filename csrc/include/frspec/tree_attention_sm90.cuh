@@ -1,4 +1,4 @@
-// Tree attention on Hopper tensor cores (wgmma, sm_90a), head_dim 128: the structure of the
+// Tree attention on Hopper tensor cores (wgmma, sm_90a), head_dim 128 or 64: the structure of the
 // warp-specialised APB kernel (apb_attention_sm90.cuh) over tree_attention_kernel's work
 // split. A CTA owns 128 packed (node, query head) rows of one KV head -- the G query heads
 // of consecutive nodes, so one K/V tile serves all of them -- and one split of the keys.
@@ -27,11 +27,11 @@ constexpr int kTwThreads = 384;
 constexpr int kTwMaxCluster = 8;
 constexpr int kTwShortKeys = 3072;  // caches up to this: about two key tiles per split
 constexpr int kTwMaxWaveSplits = 16;  // split counts the multi-wave rule considers
-// Bytes of one K or V tile of `keys` keys x 128 (two [keys x 64] slabs).
-constexpr size_t tw_tile_bytes(int keys) { return size_t(keys) * 256; }
-// Q, K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
-constexpr size_t tw_smem_bytes(int stages, int keys) {
-  return kWgTile + 2 * size_t(stages) * tw_tile_bytes(keys) + 1024 + 128;
+// Bytes of one K or V tile of `keys` keys x head_dim d (d / 64 [keys x 64] slabs).
+constexpr size_t tw_tile_bytes(int keys, int d = 128) { return size_t(keys) * d * 2; }
+// Q ([128 x d]), K x kStages, V x kStages (+ 1024 alignment, + mbarriers)
+constexpr size_t tw_smem_bytes(int stages, int keys, int d = 128) {
+  return size_t(d / 64) * kWgSlab + 2 * size_t(stages) * tw_tile_bytes(keys, d) + 1024 + 128;
 }
 
 __device__ __forceinline__ void cluster_arrive_wait() {
@@ -61,18 +61,18 @@ __device__ __forceinline__ int64_t tw_out_row(const TreeAttnParams& p, int b, in
   return (static_cast<int64_t>(b) * p.N + r / G) * p.Hq + h * G + r % G;
 }
 
-template <typename T, int kStages, bool kOverlap, int kTwKeys>
+template <typename T, int kStages, bool kOverlap, int kTwKeys, int kD = 128>
 __global__ void __launch_bounds__(kTwThreads, 1)
     tree_attention_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                              const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
                              const TreeAttnParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int D = 128;
-  constexpr int kTile = static_cast<int>(tw_tile_bytes(kTwKeys)), kSlab = kTile / 2;
+  constexpr int D = kD, kSlabs = kD / 64;  // 64-column slabs of a row
+  constexpr int kSlab = kTwKeys * 128, kTile = kSlabs * kSlab, kQBytes = kSlabs * kWgSlab;
   extern __shared__ uint8_t tw_smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(tw_smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* q_s = smem;
-  uint8_t* k_s = smem + kWgTile;                    // [kStages]
+  uint8_t* k_s = smem + kQBytes;                    // [kStages]
   uint8_t* v_s = k_s + kStages * kTile;             // [kStages]
   uint64_t* bars = reinterpret_cast<uint64_t*>(v_s + kStages * kTile);
   uint64_t* q_full = bars;
@@ -129,8 +129,9 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const int k0 = kbeg + (n_tiles - 1 - it) * kTwKeys;  // the partly masked tile first
       if (it >= kStages) mbar_wait(&empty[st], parity);
       mbar_arrive_expect_tx(&full[st], kTile);
-      tma_load_2d(ring + st * kTile, tm, h * D, row0 + k0, &full[st]);
-      tma_load_2d(ring + st * kTile + kSlab, tm, h * D + 64, row0 + k0, &full[st]);
+#pragma unroll
+      for (int sl = 0; sl < kSlabs; ++sl)
+        tma_load_2d(ring + st * kTile + sl * kSlab, tm, h * D + 64 * sl, row0 + k0, &full[st]);
     };
     // At the start every CTA asks at once, so the order of the first loads matters where
     // both consumer warpgroups compute: K's first tile goes out while Q is in flight, V's
@@ -143,11 +144,12 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     // 17.6; tree v15).
     const bool stagger = consumers == 2;
     if (p.q_tma) {
-      // Q: the row tile's 128 / G nodes x G heads as two 64-column boxes (nodes past N zero)
+      // Q: the row tile's 128 / G nodes x G heads as D / 64 64-column boxes (nodes past N zero)
       if (is_k) {
-        mbar_arrive_expect_tx(q_full, kWgTile);
-        tma_load_4d(q_s, &tm_q, 0, h * G, row_tile * (kTwRows / G), b, q_full);
-        tma_load_4d(q_s + kWgSlab, &tm_q, 64, h * G, row_tile * (kTwRows / G), b, q_full);
+        mbar_arrive_expect_tx(q_full, kQBytes);
+#pragma unroll
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma_load_4d(q_s + sl * kWgSlab, &tm_q, 64 * sl, h * G, row_tile * (kTwRows / G), b, q_full);
         if (n_tiles > 0) issue_tile(0);
       }
     } else {
@@ -157,7 +159,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       const int node = ok ? r / G : 0, qh = h * G + (ok ? r % G : 0);
       const T* src = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.N + node) * p.Hq + qh) * D;
 #pragma unroll
-      for (int chunk = 0; chunk < 16; ++chunk)
+      for (int chunk = 0; chunk < D / 8; ++chunk)
         cp_async_16(q_s + (chunk >> 3) * kWgSlab + swizzle_128b(threadIdx.x, chunk & 7), src + chunk * 8, ok ? 16 : 0);
       cp_async_commit();
       if (is_k && n_tiles > 0) issue_tile(0);
@@ -178,8 +180,8 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       __syncwarp();
       mbar_wait(&v_full[0], 0);
       const int lane = threadIdx.x % 32, zero_from = kend - k_last;
-      for (int i = lane; i < (kTwKeys - zero_from) * 16; i += 32) {
-        const int r = zero_from + i / 16, chunk = i % 16;
+      for (int i = lane; i < (kTwKeys - zero_from) * (D / 8); i += 32) {
+        const int r = zero_from + i / (D / 8), chunk = i % (D / 8);
         *reinterpret_cast<uint4*>(v_s + (chunk >> 3) * kSlab + r * 128 + (chunk & 7) * 16) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async_smem();  // (generic-proxy writes, read by wgmma)
@@ -201,9 +203,9 @@ __global__ void __launch_bounds__(kTwThreads, 1)
   const int lrow = c * 64 + warp * 16 + g;  // this thread's rows in the tile: lrow, lrow + 8
   const bool active = c < consumers;
   const float sl2 = p.scale_log2;
-  float o[64];
+  float o[D / 2];  // this thread's 2 rows x D / 4 columns of the 64 x D output
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const uint64_t* mrow[2];
 #pragma unroll
@@ -256,7 +258,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
       mbar_wait(&k_full[st], parity);
       if (pingpong) named_bar_sync(1 + c, 256);
       float s[kTwKeys / 2];
-      wg_issue_qk<T>(s, q_s, c * 64 * 128, k_s + st * kTile);
+      wg_issue_qk<T, kTwKeys / 2, D>(s, q_s, c * 64 * 128, k_s + st * kTile);
       const bool other_turn = pingpong && !(c == 1 && it == n_tiles - 1);
       // kOverlap: tile j-1's P V goes out behind this Q K^T (one branch per path: ptxas
       // serialises wgmma where it cannot tell which groups are done).
@@ -322,15 +324,15 @@ __global__ void __launch_bounds__(kTwThreads, 1)
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int jb = 0; jb < 16; ++jb)
+      for (int jb = 0; jb < D / 8; ++jb)
         *reinterpret_cast<uint32_t*>(stage + (jb >> 3) * kWgSlab + swizzle_128b(lr0 + 8 * e, jb & 7) + 4 * tig) =
             pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
     fence_proxy_async_smem();
     named_bar_sync(3 + c, 128);
     if (o_leader) {
       const int node0 = (r0 + c * 64) / G;  // (G | 64)
-      tma_store_4d(&tm_o, stage, 0, h * G, node0, b);
-      tma_store_4d(&tm_o, stage + kWgSlab, 64, h * G, node0, b);
+#pragma unroll
+      for (int sl = 0; sl < kSlabs; ++sl) tma_store_4d(&tm_o, stage + sl * kWgSlab, 64 * sl, h * G, node0, b);
       bulk_commit();
     }
   }
@@ -345,7 +347,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
         T* out = static_cast<T*>(p.out) + row * D;
         if (!p.o_tma) {
 #pragma unroll
-          for (int jb = 0; jb < 16; ++jb)
+          for (int jb = 0; jb < D / 8; ++jb)
             *reinterpret_cast<uint32_t*>(out + jb * 8 + 2 * tig) =
                 pack2<T>(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
         }
@@ -362,7 +364,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
           // N = 1 4K 30.0 -> 30.6), so it keeps 8-byte stores (bench/NOTES.md tree v14).
           const bool odd = tig & 1;
 #pragma unroll
-          for (int jp = 0; jp < 8; ++jp) {
+          for (int jp = 0; jp < D / 16; ++jp) {
             const float a0 = o[8 * jp + 2 * e] * inv[e], a1 = o[8 * jp + 2 * e + 1] * inv[e];
             const float b0 = o[8 * jp + 4 + 2 * e] * inv[e], b1 = o[8 * jp + 4 + 2 * e + 1] * inv[e];
             const float x0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
@@ -372,7 +374,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
           }
         } else if (row_ok) {
 #pragma unroll
-          for (int jb = 0; jb < 16; ++jb)
+          for (int jb = 0; jb < D / 8; ++jb)
             *reinterpret_cast<float2*>(out + jb * 8 + 2 * tig) =
                 make_float2(o[4 * jb + 2 * e] * inv[e], o[4 * jb + 2 * e + 1] * inv[e]);
         }
@@ -394,7 +396,7 @@ __global__ void __launch_bounds__(kTwThreads, 1)
     const int64_t split_stride = static_cast<int64_t>(p.B) * p.N * p.Hq;
     const int cw = (threadIdx.x - 128) / 32;  // the 8 consumer warps, a row each in turn
     for (int lr = lr_beg + cw; lr < lr_end; lr += 8)
-      merge_row<T, 4, true>(p.part_out, p.part_lse, n, split_stride, tw_out_row(p, b, h, G, r0 + lr), 128, lane,
+      merge_row<T, D / 32, true>(p.part_out, p.part_lse, n, split_stride, tw_out_row(p, b, h, G, r0 + lr), D, lane,
                             static_cast<T*>(p.out), p.lse);
   }
 #else

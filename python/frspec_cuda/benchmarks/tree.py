@@ -15,7 +15,7 @@ from .. import _library, decoder, tree
 from ..reference import tree as ref
 from .timing import capture_graph, copy_bandwidth_gbs, n_sets, replay_time_us, time_us
 
-HQ, HKV, D = 32, 8, 128  # Llama-3-8B attention
+HQ, HKV, D = 32, 8, 128  # Llama-3-8B attention (Llama-3.2-1B: the same heads at head_dim 64)
 ROUNDS = 3  # timing rounds per shape (every variant once per round; medians)
 
 
@@ -26,11 +26,11 @@ def matmul_tflops(device) -> float:
     return 2 * 8192**3 / (us * 1e-6) / 1e12
 
 
-def _case(B, N, prefix, device, g, max_len: int = 0):
+def _case(B, N, prefix, device, g, max_len: int = 0, head_dim: int = D):
     L = max(prefix + N, max_len)  # (max_len > prefix + N: caches with room to grow)
-    q = torch.randn(B, N, HQ, D, device=device, dtype=torch.bfloat16, generator=g)
-    k = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
-    v = torch.randn(B, L, HKV, D, device=device, dtype=torch.bfloat16, generator=g)
+    q = torch.randn(B, N, HQ, head_dim, device=device, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(B, L, HKV, head_dim, device=device, dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, L, HKV, head_dim, device=device, dtype=torch.bfloat16, generator=g)
     parents = torch.full((B, N), -1, dtype=torch.int32)
     for i in range(1, N):  # EAGLE-like: shallow, bushy
         parents[:, i] = max(0, (i - 1) // 4)
@@ -115,15 +115,20 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     # against the one-wave split count
     odd_batches = [(3, 60, 32768), (5, 60, 8192), (5, 60, 32768), (6, 128, 8192), (5, 128, 32768)]
     configs += odd_batches
+    # head_dim 64 (Llama-3.2-1B, FR-Spec's small model): the wgmma kernel at 64 vs mma.sync
+    small = [(B, N, p, 64) for B in (1, 4) for N in (16, 60) for p in (4096, 32768)]
+    configs += small
     if quick:
-        configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768), (1, 1, 32768)]
-    for B, N, prefix in configs:
+        configs = [(1, 16, 32768), (1, 60, 1024), (1, 60, 4096), (1, 60, 32768), (4, 128, 32768), (1, 1, 32768),
+                   (1, 60, 4096, 64)]
+    for B, N, prefix, *dim in configs:
+        Dh = dim[0] if dim else D
         L = prefix + N
-        kv_bytes = 2 * B * L * HKV * D * 2 + 2 * B * N * HQ * D * 2
+        kv_bytes = 2 * B * L * HKV * Dh * 2 + 2 * B * N * HQ * Dh * 2
         n = n_sets(kv_bytes, device)
-        sets = [_case(B, N, prefix, device, g) for _ in range(n)]
+        sets = [_case(B, N, prefix, device, g, head_dim=Dh) for _ in range(n)]
         calls = max(n, 4)
-        flops = 4 * B * N * HQ * L * D
+        flops = 4 * B * N * HQ * L * Dh
         floor = max(kv_bytes / (copy_gbs * 1e3), flops / (tflops * 1e6))
         timed = {}
         if have and N == 1:
@@ -145,6 +150,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             timed["frspec mma"] = lambda i: tree.tree_attention(*sets[i % n], impl="mma", validate=False)
             if wgmma_available(device):
                 timed["frspec wgmma"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma", validate=False)
+            if wgmma_available(device) and Dh == D:
                 timed["frspec wgmma serial"] = lambda i: tree.tree_attention(*sets[i % n], impl="wgmma_serial",
                                                                              validate=False)
                 if B == 1 and N in (16, 60) and prefix >= 4096:  # how the split count trades
@@ -162,7 +168,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
             flex = _flex(sets, N)
             timed.update(flex)
             if not flex:
-                rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl="flex",
+                rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, head_dim=Dh, impl="flex",
                                  note="no formulation compiled"))
             # What one kernel that only moves the same bytes takes in this harness (a copy:
             # half read, half written): the floor's bandwidth term plus a launch, a ramp and a
@@ -196,7 +202,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
         del graphs
         flex_best = min((t for name, t in us.items() if name.startswith("flex")), default=None)
         for name, t in us.items():
-            rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, impl=name, timing=how[name],
+            rows.append(dict(op="tree_attention", B=B, N=N, prefix=prefix, head_dim=Dh, impl=name, timing=how[name],
                              time_us=round(t, 1), floor_us=round(floor, 1), x_floor=round(t / floor, 2),
                              speedup_vs_sdpa=round(us["sdpa"] / t, 2),
                              speedup_vs_flex=round(flex_best / t, 2) if flex_best else "",
