@@ -17,7 +17,9 @@ def main(path: str) -> None:
     import matplotlib.pyplot as plt
 
     src = Path(path)
-    rows = [r for r in json.loads(src.read_text()) if r.get("op") == "e2e"]
+    every = [r for r in json.loads(src.read_text()) if r.get("op") == "e2e"]
+    small = [r for r in every if r.get("what", "").startswith("Llama-3.2-1B")]  # the second model's rows
+    rows = [r for r in every if r not in small]
     floor = next(r for r in rows if r.get("what", "").startswith("weight-read floor"))
     decode = [r for r in rows if "tok_s" in r and "impl" in r]
     spec = [r for r in rows if "iteration_ms" in r]
@@ -30,7 +32,7 @@ def main(path: str) -> None:
     md += ["", "| mode | iteration ms | draft | verify | other | floor ms | x floor | accept (random head) | "
            "projected tok/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     md += [f"| {r['impl']} | {r['iteration_ms']} | {r['draft_ms']} | {r['verify_ms']} | {r['other_ms']} | "
-           f"{r['floor_ms']} | {r['x_floor']} | {r['accept_len']} | {r['projected_tok_s']} ({r['projection']}) |"
+           f"{r['floor_ms']} | {r['x_floor']} | {r['accept_len']} | {r.get('projected_tok_s', '')} ({r.get('projection', '')}) |"
            for r in spec]
     md += ["", "| greedy agreement | identical | diverged | at near-ties | top-2 gaps |", "| --- | --- | --- | --- | --- |"]
     md += [f"| {r['impl']}: {r['what']} | {r['identical']} | {r['diverged']} | {r['divergences_at_near_ties']} | "
@@ -41,9 +43,15 @@ def main(path: str) -> None:
                "| --- " * (len(kinds) + 2) + "|"]
         md += [f"| {r['what'][len('kernel time of one '):]} | {r['kernel_ms']} | " +
                " | ".join(str(r.get(k, "")) for k in kinds) + " |" for r in kernels]
-    ratio = next((r for r in rows if "ratio" in r), None)
-    if ratio:
-        md += ["", f"{ratio['what']}: {ratio['ratio']}"]
+    md += [""] + [f"{r['what']}: {r['ratio']}" for r in rows if "ratio" in r]
+    if small:
+        md += ["", "## Llama-3.2-1B shape", "", "| row | tok/s | x floor | iteration ms | draft | verify | other | "
+               "accept (random head) | identical / diverged | ratio |", "| --- " * 10 + "|"]
+        md += [f"| {r.get('impl', '')} {r['what']} | {r.get('tok_s', '')} | {r.get('x_floor', '')} | "
+               f"{r.get('iteration_ms', '')} | {r.get('draft_ms', '')} | {r.get('verify_ms', '')} | "
+               f"{r.get('other_ms', '')} | {r.get('accept_len', '')} | "
+               f"{str(r['identical']) + ' / ' + str(r['diverged']) if 'identical' in r else ''} | "
+               f"{r.get('ratio', '')} |" for r in small]
     src.with_suffix(".md").write_text("\n".join(md) + "\n")
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -409,6 +409,14 @@ LLAMA3_8B = dict(arch="llama", vocab_size=128256, hidden_size=4096, intermediate
                                "original_max_position_embeddings": 8192})
 
 
+# FR-Spec's small model: Llama-3-8B's heads (Hq 32, Hkv 8) at head_dim 64, tied embeddings.
+LLAMA32_1B = dict(arch="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16,
+                  num_heads=32, num_kv_heads=8, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0,
+                  max_position_embeddings=131072, tie_word_embeddings=True,
+                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+
+
 def random_model(cfg: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", std: float = 0.02) -> LlamaModel:
     """Random weights of the config's shapes (tests, benchmarks at real model sizes).
