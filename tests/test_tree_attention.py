@@ -85,11 +85,12 @@ CASES = [
     (2, 43, 24, 8, 128, [0, 1]),  # G = 3, 129 rows: a second tile with one row
     # B = 5: 80 row tiles leave SMs idle in one wave; auto takes several waves of more splits
     (5, 60, 32, 8, 128, [8192, 3000, 0, 8100, 4097]),
-    # head_dim 64 through the wgmma kernel (Llama-3.2-1B's heads; cases 15-18)
+    # head_dim 64 through the wgmma kernel (Llama-3.2-1B's heads; cases 15-19)
     (1, 60, 32, 8, 64, [4096]),
     (3, 60, 32, 8, 64, [100, 2000, 0]),
     (2, 37, 12, 4, 64, [129, 3000]),  # G = 3: Q by cp.async, out from registers
     (1, 20, 6, 2, 64, [1000]),  # 60 rows: one consumer warpgroup
+    (1, 60, 9, 3, 64, [700]),  # SmolLM2-135M's heads (the default model): G = 3, 180 rows, nodes across tiles
 ]
 
 
@@ -171,7 +172,7 @@ def test_kernel_q_copy_paths(case, num_splits, q_tma, monkeypatch):
 
 @requires_kernel("tree_attention")
 @pytest.mark.parametrize("o_tma", ["0", "1"])
-@pytest.mark.parametrize("case", [0, 3, 4, 6, 7, 10, 13, 14, 15, 16, 17, 18])
+@pytest.mark.parametrize("case", [0, 3, 4, 6, 7, 10, 13, 14, 15, 16, 17, 18, 19])
 def test_kernel_one_split_epilogue_paths(case, o_tma, monkeypatch):
     """The wgmma kernel's epilogue with one split: each consumer warpgroup's rows staged in
     shared memory and stored by TMA (G | 64: G = 4, 16 here, B = 3 and 5 in cases 3 and 14;
