@@ -53,28 +53,24 @@ __device__ __forceinline__ void wg_issue_qk(float (&s)[NS], const uint8_t* q_s, 
 }
 
 // O += P V for one warpgroup over one V tile of 16 KS keys, 16 keys per step; P from
-// registers (wg_pack_p), V the transposed (MN-major) operand. One committed group, not
-// waited for.
-template <typename T, int KS>
-__device__ __forceinline__ void wg_issue_pv(float (&o)[64], const uint32_t (&pf)[KS][4], const uint8_t* v_tile) {
+// registers (wg_pack_p), V the transposed (MN-major) operand. O is [64 x head_dim]: 64
+// accumulators per thread at head_dim 128 (V two 64-column slabs), 32 at 64 (one slab). One
+// committed group, not waited for.
+template <typename T, int KS, int NO>
+__device__ __forceinline__ void wg_issue_pv(float (&o)[NO], const uint32_t (&pf)[KS][4], const uint8_t* v_tile) {
+  static_assert(NO == 64 || NO == 32, "head_dim 128 or 64");
   wgmma_fence();
   wgmma_fence_operands(o);
   // leading byte offset: from one 64-column slab to the next; advanced per k step, as in wg_issue_qk
   const uint64_t db0 = wgmma_desc(v_tile, 16 * KS * 128, 1024);
 #pragma unroll
-  for (int kk = 0; kk < KS; ++kk)
-    wgmma_m64n128k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
-  wgmma_commit();
-}
-// The same at head_dim 64: O is [64 x 64] (32 accumulators per thread), V one [16 KS x 64] slab.
-template <typename T, int KS>
-__device__ __forceinline__ void wg_issue_pv(float (&o)[32], const uint32_t (&pf)[KS][4], const uint8_t* v_tile) {
-  wgmma_fence();
-  wgmma_fence_operands(o);
-  const uint64_t db0 = wgmma_desc(v_tile, 16 * KS * 128, 1024);
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk)
-    wgmma_m64n64k16_rs_tb<T>(o, pf[kk], db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4), 1);
+  for (int kk = 0; kk < KS; ++kk) {
+    const uint64_t desc = db0 + static_cast<uint64_t>((kk * 16 * 128) >> 4);
+    if constexpr (NO == 64)
+      wgmma_m64n128k16_rs_tb<T>(o, pf[kk], desc, 1);
+    else
+      wgmma_m64n64k16_rs_tb<T>(o, pf[kk], desc, 1);
+  }
   wgmma_commit();
 }
 
