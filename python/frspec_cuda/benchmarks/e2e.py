@@ -87,14 +87,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     rows = [dict(op="e2e", what=f"weight-read floor ({wbytes / 1e9:.2f} GB at {copy_gbs:.0f} GB/s)",
                  tok_s=round(floor_tok_s, 1))]
 
-    def decode_tok_s(gen_n, warmup=new + 1):
-        gen_n(warmup)  # our decoders: at full length (cache sized, CUDA graph captured)
-        t1 = min(wall_seconds(lambda: gen_n(1), device) for _ in range(2))
-        tn = wall_seconds(lambda: gen_n(new + 1), device)
-        return new / (tn - t1)
-
     def ar_row(dec: AutoregressiveDecoder, label: str) -> float:
-        tok_s = decode_tok_s(lambda n: dec.generate(prompt, n, stop_ids=()))
+        tok_s = _decode_tok_s(lambda n: dec.generate(prompt, n, stop_ids=()), new, device)
         rows.append(dict(op="e2e", impl=label, what=shape, tok_s=round(tok_s, 1),
                          x_floor=round(tok_s / floor_tok_s, 3)))
         return tok_s
@@ -120,7 +114,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
                 return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                    do_sample=False)
 
-        hf_tok_s = decode_tok_s(hf_gen, warmup=2)  # nothing to size; eager HF is slow
+        hf_tok_s = _decode_tok_s(hf_gen, new, device, warmup=2)  # nothing to size; eager HF is slow
         rows.append(dict(op="e2e", impl="HF transformers generate", what=shape, tok_s=round(hf_tok_s, 1),
                          x_floor=round(hf_tok_s / floor_tok_s, 3), ours_vs_hf=round(ar / hf_tok_s, 2)))
         del hf
@@ -143,6 +137,16 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     return rows
 
 
+def _decode_tok_s(gen_n, new: int, device, warmup: int | None = None) -> float:
+    """Decode-phase tokens/s of `gen_n(n)` (generates n tokens): the time of new + 1 tokens
+    minus the time of 1, after a warm-up call (default at full length: cache sized, CUDA graph
+    captured)."""
+    gen_n(new + 1 if warmup is None else warmup)
+    t1 = min(wall_seconds(lambda: gen_n(1), device) for _ in range(2))
+    tn = wall_seconds(lambda: gen_n(new + 1), device)
+    return new / (tn - t1)
+
+
 def _small_model_rows(device, copy_gbs: float, config: dict = LLAMA32_1B, prompt_len: int = 512,
                       new: int = 256) -> list[dict]:
     """FR-Spec's small model (Llama-3.2-1B shape, head_dim 64): ar, eagle2 and FR-16k."""
@@ -155,10 +159,7 @@ def _small_model_rows(device, copy_gbs: float, config: dict = LLAMA32_1B, prompt
     floor_tok_s = copy_gbs * 1e9 / wbytes
     shape = f"Llama-3.2-1B shape {str(dtype).replace('torch.', '')}, prompt {prompt_len}"
     dec = AutoregressiveDecoder(model, prompt_len + new + 2)
-    dec.generate(prompts[0], new + 1, stop_ids=())  # warm-up at full length
-    t1 = min(wall_seconds(lambda: dec.generate(prompts[0], 1, stop_ids=()), device) for _ in range(2))
-    tn = wall_seconds(lambda: dec.generate(prompts[0], new + 1, stop_ids=()), device)
-    tok_s = new / (tn - t1)
+    tok_s = _decode_tok_s(lambda n: dec.generate(prompts[0], n, stop_ids=()), new, device)
     rows = [dict(op="e2e", what=f"{shape}: weight-read floor ({wbytes / 1e9:.2f} GB at {copy_gbs:.0f} GB/s)",
                  tok_s=round(floor_tok_s, 1)),
             dict(op="e2e", impl="ar (ours, CUDA graphs, GEMV + PDL)" if dec.step.enabled else "ar (ours, eager)",
