@@ -17,7 +17,9 @@ def main(path: str) -> None:
     import matplotlib.pyplot as plt
 
     src = Path(path)
-    every = [r for r in json.loads(src.read_text()) if r.get("op") == "e2e"]
+    loaded = json.loads(src.read_text())
+    every = [r for r in loaded if r.get("op") == "e2e"]
+    batched = [r for r in loaded if r.get("op") == "e2e_batch"]
     small = [r for r in every if r.get("what", "").startswith("Llama-3.2-1B")]  # the second model's rows
     rows = [r for r in every if r not in small]
     floor = next(r for r in rows if r.get("what", "").startswith("weight-read floor"))
@@ -52,6 +54,15 @@ def main(path: str) -> None:
                f"{r.get('other_ms', '')} | {r.get('accept_len', '')} | "
                f"{str(r['identical']) + ' / ' + str(r['diverged']) if 'identical' in r else ''} | "
                f"{r.get('ratio', '')} |" for r in small]
+    if batched:
+        md += ["", "## Batched", "", "| row | tok/s (all sequences) | vs batch 1 | iteration ms | batch-1 iteration ms | "
+               "x batch 1 | accept (random head) | projected tok/s | identical / diverged (near-ties) |",
+               "| --- " * 9 + "|"]
+        md += [f"| {r['impl']} {r['what']} | {r.get('tok_s', '')} | {r.get('vs_batch_1', '')} | "
+               f"{r.get('iteration_ms', '')} | {r.get('batch_1_iteration_ms', '')} | "
+               f"{r.get('iteration_vs_batch_1', '')} | {r.get('accept_len', '')} | {r.get('projected_tok_s', '')} | "
+               + (f"{r['identical']} / {r.get('diverged', r.get('of', 0) - r['identical'])} "
+                  f"({r.get('divergences_at_near_ties', '')})" if 'identical' in r else '') + " |" for r in batched]
     src.with_suffix(".md").write_text("\n".join(md) + "\n")
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))

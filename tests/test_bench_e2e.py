@@ -31,13 +31,17 @@ def test_e2e_suite_runs_on_cpu():
     rows = e2e.run(torch.device("cpu"), quick=True)
     impls = {r.get("impl") for r in rows}
     assert {"ar (ours, eager)", "HF transformers generate", "eagle2", "frspec"} <= impls, rows
-    spec_rows = [r for r in rows if r.get("impl") in ("eagle2", "frspec") and "iteration_ms" in r]
+    spec_rows = [r for r in rows if r.get("impl") in ("eagle2", "frspec") and "iteration_ms" in r and r["op"] == "e2e"]
     assert len(spec_rows) == 2
-    agreement = [r for r in rows if "identical" in r]
+    agreement = [r for r in rows if "identical" in r and r["op"] == "e2e"]
     assert len(agreement) == 2 and all(r["diverged"] == 0 for r in agreement), agreement  # fp32: exact
     for r in spec_rows:
         assert r["iteration_ms"] > 0 and r["draft_ms"] > 0 and r["verify_ms"] > 0 and r["accept_len"] >= 1
     assert not any("failed" in str(r.get("note", "")) for r in rows), rows
+    batch = [r for r in rows if r["op"] == "e2e_batch"]  # the agreement prompts as one batch of 2
+    assert {r["impl"] for r in batch} == {"ar (ours, eager)", "ar", "eagle2", "frspec"}, batch
+    assert all(r["identical"] == 2 for r in batch if "identical" in r), batch  # fp32: exact
+    assert all(r["iteration_ms"] > 0 and r["tok_s"] > 0 for r in batch if "iteration_ms" in r)
 
 
 def test_small_model_pass_runs_on_cpu():

@@ -79,11 +79,11 @@ def test_eagle_spec_greedy_equals_ar(tmp_path, target, fmt, layers, vocab_size, 
     assert steps < emitted, "no draft token was ever accepted: the accept / re-feed path did not run"
 
 
-def test_eagle_head_drafts_better_than_chance_when_it_copies_the_target(tmp_path, target):
-    """A head whose layer is the target's layer 0 and whose fc passes the embedding through
-    drafts like a 1-layer self-draft would: acceptance well above random drafts."""
-    write_eagle(tmp_path / "e", "bin")
-    sd = torch.load(tmp_path / "e" / "pytorch_model.bin")
+def write_copying_eagle(path, target):
+    """An EAGLE head whose layer is the target's layer 0 and whose fc passes the embedding
+    through: it drafts like a 1-layer self-draft (drafts get accepted)."""
+    write_eagle(path, "bin")
+    sd = torch.load(path / "pytorch_model.bin")
     H = BASE["hidden_size"]
     sd["fc.weight"] = torch.cat([torch.eye(H), torch.zeros(H, H)], 1)
     sd["fc.bias"] = torch.zeros(H)
@@ -94,7 +94,13 @@ def test_eagle_head_drafts_better_than_chance_when_it_copies_the_target(tmp_path
         sd[f"layers.0.{n}.weight"] = lw[k]
     sd["layers.0.post_attention_layernorm.weight"] = lw["post_norm"]
     sd["layers.0.input_layernorm.weight"] = lw["input_norm"]
-    torch.save(sd, tmp_path / "e" / "pytorch_model.bin")
+    torch.save(sd, path / "pytorch_model.bin")
+
+
+def test_eagle_head_drafts_better_than_chance_when_it_copies_the_target(tmp_path, target):
+    """A head copying the target's first layer drafts like a 1-layer self-draft would:
+    acceptance well above random drafts."""
+    write_copying_eagle(tmp_path / "e", target)
     gen = SpeculativeGenerator(target, eagle=load_eagle(tmp_path / "e", target), depth=5, topk=8, num_nodes=40)
     stats = [gen.generate(p, 16, stop_ids=())[1] for p in PROMPTS[:8]]
     assert sum(s.emitted for s in stats) / sum(s.steps for s in stats) > 1.0

@@ -1,4 +1,4 @@
-"""End-to-end decoding, batch 1 (`frspec bench e2e`; issue #4's benchmark).
+"""End-to-end decoding, batch 1 and batched (`frspec bench e2e`; issue #4's benchmark).
 
 GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU (or
 --quick): a tiny model, prompt 32, 16 new tokens -- the harness, not a measurement.
@@ -17,6 +17,10 @@ GPU: Llama-3-8B shape with random bf16 weights, prompt 512, 256 new tokens. CPU 
   given as a labelled projection.
 - greedy agreement of eagle2 / frspec with ar (bf16): identical prompts, and for the others
   the target's top-2 logit gap where they part (near-ties expected, nothing else).
+- batched (op "e2e_batch"): the agreement prompts as one batch (4 on the GPU) through ar
+  and through eagle2 / frspec: aggregate tok/s of ar against batch 1, the speculative
+  iteration time against batch 1's, and each sequence's greedy agreement with its own
+  batch-1 ar output.
 - GPU, after that: FR-Spec's small model, the Llama-3.2-1B shape (head_dim 64, tied
   embeddings), prompt 512: ar (CUDA graphs) against its weight-read floor, eagle2 against
   frspec with the first 16384 ids (FR-16k, the paper's setting for that model: 1.24x over
@@ -131,6 +135,7 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     paper_accept = {"eagle2": 3.89, "frspec": 3.63}  # FR-Spec paper, Llama-3-8B, full vs 32k vocabulary
     rows += _speculative_rows(model, shape, prompt, prompts, ar_outs, new, K, copy_gbs, device, paper_accept,
                               breakdown=device.type == "cuda")
+    rows += _batch_rows(model, shape, prompts, ar_outs, new, K, ar, device, paper_accept)
     if not small:
         del ar_dec
         rows += _small_model_rows(device, copy_gbs)
@@ -211,6 +216,58 @@ def _speculative_rows(model: LlamaModel, shape: str, prompt, prompts, ar_outs, n
                      ratio=round(draft_ms["frspec"] / draft_ms["eagle2"], 3)))
     rows.append(dict(op="e2e", what=f"{shape}: frspec iteration time / eagle2 iteration time",
                      ratio=round(iter_ms["frspec"] / iter_ms["eagle2"], 3)))
+    return rows
+
+
+def _batch_rows(model: LlamaModel, shape: str, prompts, ar_outs, new: int, K: int, ar_tok_s: float, device,
+                paper_accept: dict | None) -> list[dict]:
+    """The prompts as one batch: ar's aggregate decode tok/s (batch x per-sequence tok/s)
+    against batch 1; eagle2 / frspec per-iteration time (one iteration advances every
+    sequence) against batch 1, the aggregate tok/s measured (random head: ~1 token per
+    sequence per iteration) and projected at the paper's acceptance lengths; each
+    sequence's greedy agreement with its batch-1 ar output."""
+    B = len(prompts)
+    what = f"{shape}, batch {B}"
+    dec = AutoregressiveDecoder(model, len(prompts[0]) + new + 2, batch=B)
+    per_seq = _decode_tok_s(lambda n: dec.generate_batch(prompts, n, stop_ids=()), new, device)
+    rows = [dict(op="e2e_batch", impl="ar (ours, CUDA graphs)" if dec.step.enabled else "ar (ours, eager)",
+                 what=what, batch=B, tok_s=round(B * per_seq, 1), per_sequence_tok_s=round(per_seq, 1),
+                 vs_batch_1=round(B * per_seq / ar_tok_s, 2))]
+    outs = dec.generate_batch(prompts, new, stop_ids=())
+    rows.append(dict(op="e2e_batch", impl="ar", what=f"{what}: sequences identical to batch-1 ar", batch=B,
+                     identical=sum(o == e for o, e in zip(outs, ar_outs)), of=B))
+    del dec
+    head = random_eagle(model, seed=1)
+    for mode, vocab in (("eagle2", None), ("frspec", FRVocab(torch.arange(K, dtype=torch.int32), f"first-{K}"))):
+        gen = SpeculativeGenerator(model, vocab=vocab, eagle=head, depth=6, topk=10, num_nodes=60)
+        gen.generate(prompts[0], new, stop_ids=())  # batch 1: warm-up, then timed
+        _, st1 = gen.generate(prompts[0], new, stop_ids=(), timing=True)
+        gen.generate_batch(prompts, new, stop_ids=())  # batch B: warm-up (session, graphs), then timed
+        outs, st = gen.generate_batch(prompts, new, stop_ids=(), timing=True)
+        it1 = 1e3 * (st1.draft_s + st1.verify_s + st1.other_s) / max(st1.steps, 1)
+        seconds = st.draft_s + st.verify_s + st.other_s
+        itb = 1e3 * seconds / max(st.steps, 1)
+        row = dict(op="e2e_batch", impl=mode, what=f"{what}, random EAGLE head, depth 6 / top-k 10 / 60 nodes", batch=B,
+                   iteration_ms=round(itb, 2), draft_ms=round(1e3 * st.draft_s / max(st.steps, 1), 2),
+                   verify_ms=round(1e3 * st.verify_s / max(st.steps, 1), 2), batch_1_iteration_ms=round(it1, 2),
+                   iteration_vs_batch_1=round(itb / it1, 2), accept_len=round(st.mean_accept_length, 2),
+                   tok_s=round(st.emitted / seconds, 1))
+        if paper_accept:
+            row.update(projected_tok_s=round(B * paper_accept[mode] / itb * 1e3, 1),
+                       projection=f"PROJECTION: {B} sequences at the paper's acceptance length {paper_accept[mode]}")
+        rows.append(row)
+        same, gaps, ties = 0, [], 0
+        for p, expect, got in zip(prompts, ar_outs, outs):
+            d = divergence_gap(model, p, expect, got)
+            if d is None:
+                same += 1
+            else:
+                gaps.append(round(d[1], 4))
+                ties += d[1] < d[2]
+        rows.append(dict(op="e2e_batch", impl=mode, what=f"{what}: greedy agreement of each sequence with batch-1 ar "
+                         f"({new} tokens)", batch=B, identical=same, diverged=B - same,
+                         divergences_at_near_ties=ties, top2_gaps=gaps))
+        del gen
     return rows
 
 

@@ -1,5 +1,6 @@
-"""Our autoregressive baseline (`--mode ar`), batch 1: a static cache, prefill with SDPA's
-causal path, then one token per step. A step (one token through every layer with
+"""Our autoregressive baseline (`--mode ar`): a static cache, prefill with SDPA's causal
+path, then one token per step, for one sequence (`generate`) or a batch (`generate_batch`,
+each sequence prefilled at its own length, all stepping together). A step (one token through every layer with
 `tree_attention` over the cache -- a one-node tree --, the LM head and the choice of the
 next token) touches only device tensors, so on the GPU it is one CUDA-graph replay; the
 host reads each chosen token once (to stream it and check for a stop id)."""
@@ -21,17 +22,19 @@ class AutoregressiveDecoder:
     processed distribution (`target_probs`) with one uniform per token from `generator`."""
 
     def __init__(self, model: LlamaModel, max_len: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, cuda_graphs: bool = True):
+                 top_p: float = 1.0, cuda_graphs: bool = True, batch: int = 1):
         if temperature > 0:
             check_sampling(temperature, top_k, top_p)
-        self.model, self.max_len = model, max_len
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.model, self.max_len, self.batch = model, max_len, batch
         self.sampling = (temperature, top_k, top_p)
         dev = model.device
-        self.cache = model.new_cache(1, max_len)
-        self.cache_len = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.token = torch.zeros(1, 1, dtype=torch.long, device=dev)  # the next input
-        self.uniform = torch.ones(1, dtype=torch.float32, device=dev)
-        self.one_node = torch.ones(1, 1, 1, dtype=torch.int64, device=dev)  # tree mask: the node sees itself
+        self.cache = model.new_cache(batch, max_len)
+        self.cache_len = torch.zeros(batch, dtype=torch.int32, device=dev)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=dev)  # the next input
+        self.uniform = torch.ones(batch, dtype=torch.float32, device=dev)
+        self.one_node = torch.ones(batch, 1, 1, dtype=torch.int64, device=dev)  # tree mask: the node sees itself
         self.step = GraphedStep(self._decode_step, dev, cuda_graphs and graphs_supported(model))
 
     def fits(self, max_len: int, sampling: tuple) -> bool:
@@ -45,44 +48,71 @@ class AutoregressiveDecoder:
 
     def _decode_step(self) -> None:
         m = self.model
-        slots = self.cache_len.to(torch.long).view(1, 1)
+        slots = self.cache_len.to(torch.long).view(self.batch, 1)
         hidden = m.forward(self.token, self.cache, self.cache_len, slots=slots, positions=slots,
                            tree_mask=self.one_node)
-        self.token.copy_(self._choose(m.logits(hidden[:, -1])).view(1, 1))
+        self.token.copy_(self._choose(m.logits(hidden[:, -1])).view(self.batch, 1))
         self.cache_len += 1
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] | None = None, *,
                  generator: torch.Generator | None = None,
                  on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
-        m, dev = self.model, self.model.device
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt {len(prompt_ids)} + {max_new_tokens} new tokens exceed the cache's "
-                             f"{self.max_len} slots")
+        if self.batch != 1:
+            raise ValueError(f"this decoder holds a batch of {self.batch}: use generate_batch")
+        return self.generate_batch([prompt_ids], max_new_tokens, stop_ids, generator=generator,
+                                   on_tokens=None if on_tokens is None else (lambda b, t: on_tokens(t)))[0]
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stop_ids: tuple[int, ...] | None = None, *, generator: torch.Generator | None = None,
+                       on_tokens: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
+        """One output per prompt (exactly `batch` prompts, any lengths); a sequence stops at
+        its own stop id or budget, the batch steps until all have (finished rows keep
+        stepping, discarded). Sampling draws one uniform per sequence per step."""
+        m, dev, B = self.model, self.model.device, self.batch
+        if len(prompts) != B:
+            raise ValueError(f"this decoder holds a batch of {B}, got {len(prompts)} prompts")
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) + max_new_tokens > self.max_len:
+                raise ValueError(f"prompt {len(p)} + {max_new_tokens} new tokens exceed the cache's "
+                                 f"{self.max_len} slots")
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
         sampling = self.sampling[0] > 0
 
         def draw():
             if sampling:
-                self.uniform.copy_(1.0 - torch.rand(1, generator=generator, device=dev))
+                self.uniform.copy_(1.0 - torch.rand(B, generator=generator, device=dev))
 
-        self.cache_len.zero_()
-        hidden = m.forward(torch.tensor([prompt_ids], device=dev), self.cache, self.cache_len)
-        self.cache_len.fill_(len(prompt_ids))
         draw()
-        self.token.copy_(self._choose(m.logits(hidden[:, -1])).view(1, 1))
-        out: list[int] = []
+        zero = torch.zeros(1, dtype=torch.int32, device=dev)
+        for b, p in enumerate(prompts):  # each prompt at its own length into its batch row
+            hidden = m.forward(torch.tensor([p], device=dev), self.cache[:, :, b:b + 1], zero)
+            self.token[b].copy_(self._choose_row(m.logits(hidden[:, -1]), b))
+        self.cache_len.copy_(torch.tensor([len(p) for p in prompts], dtype=torch.int32))
+        outs: list[list[int]] = [[] for _ in range(B)]
+        running = set(range(B))
         while True:
-            token = int(self.token)  # the one host read per token
-            out.append(token)
-            if on_tokens is not None:
-                on_tokens([token])
-            if token in stop or len(out) >= max_new_tokens:
-                return out
+            tokens = self.token.view(B).tolist()  # the one host read per step
+            for b in sorted(running):
+                outs[b].append(tokens[b])
+                if on_tokens is not None:
+                    on_tokens(b, [tokens[b]])
+                if tokens[b] in stop or len(outs[b]) >= max_new_tokens:
+                    running.discard(b)
+            if not running:
+                return outs
             draw()
             self.step()
+
+    def _choose_row(self, logits: torch.Tensor, b: int) -> torch.Tensor:
+        """_choose for one sequence's logits [1, V] with its uniform (the prefill's token)."""
+        temperature, top_k, top_p = self.sampling
+        if temperature <= 0:
+            return logits.argmax(-1)
+        return sample_from_probs(target_probs(logits, temperature, top_k, top_p), self.uniform[b:b + 1])
 
 
 def decoder_for(model: LlamaModel, max_len: int, temperature: float = 0.0, top_k: int = 0,

@@ -1,5 +1,5 @@
-"""Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head), batch 1: greedy and
-lossless sampling.
+"""Speculative decoding (EAGLE-2 dynamic tree, FR-Spec draft head): greedy and lossless
+sampling, one sequence (`generate`) or a batch of them (`generate_batch`).
 
 Every step is written in terms of the library's ops (`fr_lm_head_topk`,
 `build_dynamic_tree`, `verify_tree_greedy` / `_sampling`, `compact_kv_cache`) and the
@@ -25,6 +25,13 @@ One step:
    rewound to the root and re-fed the accepted tokens.
 Greedy output is identical to the target's own greedy decoding (up to floating-point
 near-ties between differently batched forwards).
+
+Batches: B sequences of any prompt lengths decode together, each with its own cache
+length, tree, accepted path and bonus token; every op of the step takes the batch
+dimension, so a step is still three graph replays and one host read ([B] accepted
+tokens). A sequence that has finished (stop token or its token budget) stays in the
+batch until all have: its cache length is pinned where it finished, so its further
+(discarded) steps never grow its cache.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from .sampling import check_sampling, target_probs
 @dataclass
 class SpecStats:
     steps: int = 0
+    seq_steps: int = 0  # steps x sequences still running (= steps for one sequence)
     accepted: int = 0  # draft tokens accepted (bonus tokens not counted)
     emitted: int = 0
     accept_lengths: list[int] = field(default_factory=list)
@@ -57,8 +65,8 @@ class SpecStats:
 
     @property
     def mean_accept_length(self) -> float:
-        """Tokens emitted per target forward (accepted drafts + the bonus token)."""
-        return self.emitted / max(self.steps, 1)
+        """Tokens emitted per sequence per target forward (accepted drafts + the bonus token)."""
+        return self.emitted / max(self.seq_steps, 1)
 
 
 class SpeculativeGenerator:
@@ -101,50 +109,52 @@ class SpeculativeGenerator:
         return self.target.forward(tokens, cache, cache_len, self.draft_layers, **attention)
 
     def _draft(self, s: "_Session") -> None:
-        """EAGLE-2 drafting into s.hist = (tokens, parents, scores) [1, M] with
-        M = topk + (depth - 1) * topk^2. The draft tree -- the root, then each level's `topk`
-        beams -- sits at draft slots root_slot + node (root_slot = cache_len for the
-        self-draft, one less for EAGLE, whose slot i holds token i + 1; node 0 the root,
-        level l's beams 1 + (l - 1) topk ..). Each level's forward is `tree_attention` over
-        the prefix and the tree so far: a beam sees its ancestors and itself (packed bits,
-        one word per 64 nodes). Device tensors only."""
-        dev, k = self.target.device, self.topk
-        root_slot = s.cache_len.to(torch.long) - (1 if self.eagle is not None else 0)  # [1]
+        """EAGLE-2 drafting into s.hist = (tokens, parents, scores) [B, M] with
+        M = topk + (depth - 1) * topk^2. Each sequence's draft tree -- the root, then each
+        level's `topk` beams -- sits at draft slots root_slot + node (root_slot = cache_len
+        for the self-draft, one less for EAGLE, whose slot i holds token i + 1; node 0 the
+        root, level l's beams 1 + (l - 1) topk ..). Each level's forward is `tree_attention`
+        over the prefix and the tree so far: a beam sees its ancestors and itself (packed
+        bits, one word per 64 nodes). Device tensors only."""
+        dev, k, B = self.target.device, self.topk, s.B
+        root_slot = s.cache_len.to(torch.long) - (1 if self.eagle is not None else 0)  # [B]
         base = root_slot.to(torch.int32)  # the draft tree's cache_len
         M = k + (self.depth - 1) * k * k
-        h_tok = torch.empty(M, dtype=torch.long, device=dev)
-        h_par = torch.empty(M, dtype=torch.int32, device=dev)
-        h_score = torch.empty(M, dtype=torch.float32, device=dev)
-        feat = s.root_feature.view(1, 1, -1) if self.eagle is not None else None
-        slot = root_slot.view(1, 1)
-        root_hidden = self._draft_forward(s.root.view(1, 1), feat, s.d_cache, base, slots=slot, positions=slot,
-                                          tree_mask=s.draft_bits[0, :1, :1].unsqueeze(0), tree_len=1)
-        ids, lp = self._draft_topk(root_hidden[:, -1], k)
-        h_tok[:k], h_par[:k], h_score[:k] = ids[0], -1, lp[0]
-        beams = torch.arange(k, device=dev)            # history index of each beam
-        beam_feat = root_hidden[0, -1].expand(k, -1)   # EAGLE: the feature each beam is expanded with
-        parent_bits = s.draft_bits[0, :1].expand(k, -1)  # the nodes its parent sees (the root: itself)
+        h_tok = torch.empty(B, M, dtype=torch.long, device=dev)
+        h_par = torch.empty(B, M, dtype=torch.int32, device=dev)
+        h_score = torch.empty(B, M, dtype=torch.float32, device=dev)
+        feat = s.root_feature.unsqueeze(1) if self.eagle is not None else None
+        slot = root_slot.view(B, 1)
+        root_hidden = self._draft_forward(s.root.view(B, 1), feat, s.d_cache, base, slots=slot, positions=slot,
+                                          tree_mask=s.root_mask, tree_len=1)
+        ids, lp = self._draft_topk(root_hidden[:, -1], k)  # [B, k]
+        h_tok[:, :k], h_par[:, :k], h_score[:, :k] = ids, -1, lp
+        beams = torch.arange(k, device=dev).expand(B, k)  # history index of each beam
+        beam_feat = root_hidden[:, -1:].expand(B, k, -1)  # EAGLE: the feature each beam is expanded with
+        W = s.draft_bits.shape[-1]
+        parent_bits = s.draft_bits[0, :1].view(1, 1, W).expand(B, k, W)  # the nodes its parent sees (root: itself)
         rows = torch.arange(k, device=dev)
         n = k
         for level in range(1, self.depth):
             nodes = 1 + level * k  # the tree so far, this level's beams last
-            slots = root_slot + 1 + (level - 1) * k + rows
+            slots = root_slot.view(B, 1) + 1 + (level - 1) * k + rows
             bits = parent_bits | s.draft_bits[level]  # + own node
-            mask = bits[:, :(nodes + 63) // 64].unsqueeze(0).contiguous()
-            hidden = self._draft_forward(h_tok[beams].unsqueeze(0),
-                                         beam_feat.unsqueeze(0) if self.eagle is not None else None, s.d_cache,
-                                         base, slots=slots.unsqueeze(0), positions=(root_slot + level).expand(1, k),
+            mask = bits[..., :(nodes + 63) // 64].contiguous()
+            hidden = self._draft_forward(h_tok.gather(1, beams), beam_feat if self.eagle is not None else None,
+                                         s.d_cache, base, slots=slots, positions=(root_slot + level).view(B, 1).expand(B, k),
                                          tree_mask=mask, tree_len=nodes)
-            ids, lp = self._draft_topk(hidden[0], k)  # [k beams, k children]
-            scores = (h_score[beams].unsqueeze(1) + lp).reshape(-1)
-            h_tok[n:n + k * k] = ids.reshape(-1)
-            h_par[n:n + k * k] = beams.repeat_interleave(k).to(torch.int32)
-            h_score[n:n + k * k] = scores
-            best = torch.sort(scores, descending=True, stable=True).indices[:k]  # ties: lower index first
+            ids, lp = self._draft_topk(hidden.reshape(B * k, -1), k)  # [B k beams, k children]
+            scores = (h_score.gather(1, beams).unsqueeze(2) + lp.view(B, k, k)).reshape(B, k * k)
+            h_tok[:, n:n + k * k] = ids.view(B, k * k)
+            h_par[:, n:n + k * k] = beams.repeat_interleave(k, dim=1).to(torch.int32)
+            h_score[:, n:n + k * k] = scores
+            best = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # ties: lower index first
             parent = best // k
-            beams, beam_feat, parent_bits = n + best, hidden[0, parent], bits[parent]
+            beams = n + best
+            beam_feat = hidden.gather(1, parent.unsqueeze(2).expand(B, k, hidden.shape[-1]))
+            parent_bits = bits.gather(1, parent.unsqueeze(2).expand(B, k, W))
             n += k * k
-        s.hist = (h_tok.unsqueeze(0), h_par.unsqueeze(0), h_score.unsqueeze(0))
+        s.hist = (h_tok, h_par, h_score)
 
     # ----------------------------------------------------------------- one step, 3 parts
 
@@ -154,7 +164,7 @@ class SpeculativeGenerator:
         m = self.target
         # (inputs built here are well-formed: the ops' host-side validation, a device sync, is skipped)
         t = tree.build_dynamic_tree(*s.hist, s.root, s.cache_len, s.num_nodes, validate=False)
-        hidden = m.forward(t.tokens, s.t_cache, s.cache_len, slots=s.cache_len.to(torch.long).view(1, 1) + s.node_ids,
+        hidden = m.forward(t.tokens, s.t_cache, s.cache_len, slots=s.cache_len.to(torch.long).view(s.B, 1) + s.node_ids,
                            positions=t.positions, tree_mask=t.mask)
         logits = m.logits(hidden)
         temperature, top_k, top_p = s.sampling
@@ -166,45 +176,48 @@ class SpeculativeGenerator:
         s.tree, s.hidden, s.verdict = t, hidden, v
 
     def _commit(self, s: "_Session") -> None:
-        """Emit the accepted tokens + bonus into s.emit = [n, tokens (n of them), padding];
-        re-feed the accepted drafts to the draft model, on the GPU with a fixed shape for the
-        graph (depth tokens: the slots past the accepted ones are overwritten by the next
-        drafting before anything sees them), on the CPU exactly the accepted ones; move the
-        accepted nodes' K/V into place and advance cache_len; the bonus is the next root."""
+        """Emit each sequence's accepted tokens + bonus into s.emit[b] = [n, tokens (n of
+        them), padding]; re-feed the accepted drafts to the draft model, on the GPU with a
+        fixed shape for the graph (depth tokens: the slots past the accepted ones are
+        overwritten by the next drafting before anything sees them), on the CPU the longest
+        accepted run of the batch; move the accepted nodes' K/V into place and advance
+        cache_len (pinned for finished sequences); the bonus is the next root."""
         t, v, hidden = s.tree, s.verdict, s.hidden
-        P = s.path_len
-        n_acc = v.accept_len.to(torch.long)                       # [1], root included
-        path = v.accepted[0, :P].to(torch.long).clamp(min=0)     # node indices, padding -> 0
-        drafted = t.tokens[0, path[1:]]                          # accepted drafts (valid below n_acc - 1)
-        emitted = torch.cat([drafted, v.bonus])                  # [P]
-        emitted = torch.where(s.path_ids == n_acc - 1, v.bonus, emitted)
-        s.emit[0] = n_acc[0]
-        s.emit[1:] = emitted
+        B, P = s.B, s.path_len
+        n_acc = v.accept_len.to(torch.long)                       # [B], root included
+        path = v.accepted[:, :P].to(torch.long).clamp(min=0)     # node indices, padding -> 0
+        drafted = t.tokens.gather(1, path[:, 1:])                # accepted drafts (valid below n_acc - 1)
+        emitted = torch.cat([drafted, v.bonus.view(B, 1)], 1)    # [B, P]
+        emitted = torch.where(s.path_ids == (n_acc - 1).view(B, 1), v.bonus.view(B, 1), emitted)
+        s.emit[:, 0] = n_acc
+        s.emit[:, 1:] = emitted
         R = self.depth
         if s.t_cache.device.type == "cpu":  # no graph to keep static: feed only the accepted drafts
-            R = int(n_acc[0]) - 1
-        refeed_tokens = emitted[:R].unsqueeze(0) if P > R else torch.cat(
-            [emitted, emitted.new_zeros(R - P)]).unsqueeze(0)
-        last = path.gather(0, n_acc - 1)                          # the deepest accepted node
+            R = int(n_acc.max()) - 1
+        refeed_tokens = emitted[:, :R] if P > R else torch.cat([emitted, emitted.new_zeros(B, R - P)], 1)
+        last = path.gather(1, (n_acc - 1).view(B, 1))             # the deepest accepted node [B, 1]
         if R > 0:
-            slots = s.cache_len.to(torch.long).view(1, 1) + s.refeed_ids[:, :R]
+            slots = s.cache_len.to(torch.long).view(B, 1) + s.refeed_ids[:, :R]
             if self.eagle is not None:  # pairs (a_j, h of the node before a_j) at draft slots cache_len + j
-                feat_idx = torch.cat([path, path.new_zeros(max(R - P, 0))])[:R]
-                self.eagle.forward(refeed_tokens, hidden[:, feat_idx], s.d_cache, s.cache_len, slots=slots)
+                feat_idx = torch.cat([path, path.new_zeros(B, max(R - P, 0))], 1)[:, :R]
+                feats = hidden.gather(1, feat_idx.unsqueeze(2).expand(B, R, hidden.shape[-1]))
+                self.eagle.forward(refeed_tokens, feats, s.d_cache, s.cache_len, slots=slots)
             else:  # self-draft: a_j at its own position cache_len + j (j >= 1)
                 self.target.forward(refeed_tokens, s.d_cache, s.cache_len, self.draft_layers, slots=slots + 1)
         if self.eagle is not None:
-            s.root_feature.copy_(hidden[0].index_select(0, last)[0])
+            s.root_feature.copy_(hidden.gather(1, last.unsqueeze(2).expand(B, 1, hidden.shape[-1]))[:, 0])
         s.root.copy_(v.bonus)
         tree.compact_kv_cache(s.t_cache, s.cache_len, v.accepted, v.accept_len)  # advances cache_len
+        if B > 1:  # finished sequences keep their length (their steps are discarded)
+            s.cache_len.copy_(torch.where(s.active, s.cache_len, s.pinned_len))
 
     # ------------------------------------------------------------------------ decoding
 
-    def _session(self, max_len: int, sampling: tuple) -> "_Session":
+    def _session(self, batch: int, max_len: int, sampling: tuple) -> "_Session":
         s = self._sess
-        if s is None or s.L < max_len or s.sampling != sampling:
+        if s is None or s.B != batch or s.L < max_len or s.sampling != sampling:
             self._sess = None  # free the old caches first
-            s = self._sess = _Session(self, max_len + 64, sampling)
+            s = self._sess = _Session(self, batch, max_len + 64, sampling)
         return s
 
     @torch.no_grad()
@@ -214,33 +227,63 @@ class SpeculativeGenerator:
         """Greedy when temperature == 0 (output identical to greedy AR); otherwise lossless
         speculative sampling: each emitted token is distributed exactly as in
         `generate_sample` with the same temperature / top_k / top_p. `on_tokens` receives
-        each step's accepted tokens (streaming); `timing` fills the stats' phase split."""
+        each step's accepted tokens (streaming); `timing` fills the stats' phase split.
+        Returns (tokens, SpecStats)."""
+        outs, stats = self.generate_batch([prompt_ids], max_new_tokens, stop_ids, temperature=temperature,
+                                          top_k=top_k, top_p=top_p, generator=generator, timing=timing,
+                                          on_tokens=None if on_tokens is None else (lambda b, t: on_tokens(t)))
+        return outs[0], stats
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stop_ids: tuple[int, ...] | None = None, *, temperature: float = 0.0, top_k: int = 0,
+                       top_p: float = 1.0, generator: torch.Generator | None = None, timing: bool = False,
+                       on_tokens=None):
+        """`generate` for B prompts of any lengths at once: returns ([B] token lists,
+        SpecStats over the batch). Each sequence's output is what `generate` gives it alone
+        (greedy: the same tokens up to floating-point near-ties; sampling: the same
+        distribution); it stops at its own stop id or token budget. `on_tokens(b, tokens)`
+        streams sequence b's accepted tokens. Uniforms for sampling are drawn [B, nodes]
+        per step from `generator`."""
         m, dev = self.target, self.target.device
         stop = set(m.cfg.eos_token_ids if stop_ids is None else stop_ids)
         eagle = self.eagle
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if eagle is not None and len(prompt_ids) < 2:
-            raise ValueError("an EAGLE draft needs a prompt of at least 2 tokens (its input pairs each token with "
-                             "the target's feature of the previous one)")
+        B = len(prompts)
+        if B == 0:
+            raise ValueError("no prompts")
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            if eagle is not None and len(p) < 2:
+                raise ValueError(f"prompt {i}: an EAGLE draft needs a prompt of at least 2 tokens (its input pairs "
+                                 "each token with the target's feature of the previous one)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature > 0:
             check_sampling(temperature, top_k, top_p)
-        s = self._session(len(prompt_ids) + max_new_tokens + self.num_nodes + self.depth * self.topk + 2,
+        longest = max(len(p) for p in prompts)
+        s = self._session(B, longest + max_new_tokens + self.num_nodes + self.depth * self.topk + 2,
                           (temperature, top_k, top_p) if temperature > 0 else (0.0, 0, 1.0))
-        # Prefill everything but the last prompt token (the first root) into both caches.
-        prefix = torch.tensor([prompt_ids[:-1]], device=dev)
+        # Prefill everything but the last prompt token (the first root) into both caches, one
+        # sequence at a time (its own length) into its batch row.
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
-        if prefix.shape[1]:
-            feats = m.forward(prefix, s.t_cache, zero)
+        for b, p in enumerate(prompts):
+            prefix = torch.tensor([p[:-1]], device=dev)
+            if not prefix.shape[1]:
+                continue
+            t_row, d_row = s.t_cache[:, :, b:b + 1], s.d_cache[:, :, b:b + 1]
+            feats = m.forward(prefix, t_row, zero)
             if eagle is None:
-                m.forward(prefix, s.d_cache, zero, self.draft_layers)
+                m.forward(prefix, d_row, zero, self.draft_layers)
             else:  # pairs (x_{i+1}, h_i) for i < n - 2; the root's pair is drafted with the tree
                 if prefix.shape[1] > 1:
-                    eagle.forward(prefix[:, 1:], feats[:, :-1], s.d_cache, zero)
-                s.root_feature.copy_(feats[0, -1])
-        s.cache_len.fill_(len(prompt_ids) - 1)
-        s.root.fill_(prompt_ids[-1])
-        out: list[int] = []
+                    eagle.forward(prefix[:, 1:], feats[:, :-1], d_row, zero)
+                s.root_feature[b].copy_(feats[0, -1])
+        s.cache_len.copy_(torch.tensor([len(p) - 1 for p in prompts], dtype=torch.int32))
+        s.root.copy_(torch.tensor([p[-1] for p in prompts]))
+        s.active.fill_(True)
+        outs: list[list[int]] = [[] for _ in range(B)]
+        running = set(range(B))
         stats = SpecStats()
 
         def mark():
@@ -248,9 +291,9 @@ class SpeculativeGenerator:
                 torch.cuda.synchronize(dev)
             return time.perf_counter()
 
-        while len(out) < max_new_tokens:
+        while running:
             if temperature > 0:
-                s.uniforms.copy_(1.0 - torch.rand(1, s.num_nodes, generator=generator, device=dev))
+                s.uniforms.copy_(1.0 - torch.rand(B, s.num_nodes, generator=generator, device=dev))
             t0 = mark()
             s.draft()
             t1 = mark()
@@ -258,27 +301,32 @@ class SpeculativeGenerator:
             t2 = mark()
             s.commit()
             emit = s.emit.tolist()  # the one host read per step
-            n_acc, new_tokens = emit[0], emit[1:1 + emit[0]]
             if timing:
                 t3 = mark()
                 stats.draft_s += t1 - t0
                 stats.verify_s += t2 - t1
                 stats.other_s += t3 - t2
             stats.steps += 1
-            stats.accepted += n_acc - 1
-            stats.accept_lengths.append(n_acc)
-            emitted: list[int] = []
-            for tok in new_tokens:
-                emitted.append(tok)
-                if tok in stop or len(out) + len(emitted) >= max_new_tokens:
-                    break
-            out += emitted
-            stats.emitted += len(emitted)
-            if on_tokens is not None:  # streaming: a step's tokens as soon as they are accepted
-                on_tokens(emitted)
-            if out[-1] in stop or len(out) >= max_new_tokens:
-                return out, stats
-        return out, stats
+            for b in sorted(running):
+                n_acc, out = emit[b][0], outs[b]
+                stats.seq_steps += 1
+                stats.accepted += n_acc - 1
+                stats.accept_lengths.append(n_acc)
+                emitted: list[int] = []
+                for tok in emit[b][1:1 + n_acc]:
+                    emitted.append(tok)
+                    if tok in stop or len(out) + len(emitted) >= max_new_tokens:
+                        break
+                out += emitted
+                stats.emitted += len(emitted)
+                if on_tokens is not None:  # streaming: a step's tokens as soon as they are accepted
+                    on_tokens(b, emitted)
+                if out[-1] in stop or len(out) >= max_new_tokens:
+                    running.discard(b)
+                    if running:  # pin its cache where it is now (read by the next commit)
+                        s.pinned_len[b] = s.cache_len[b]
+                        s.active[b] = False
+        return outs, stats
 
 
 class _Session:
@@ -286,19 +334,21 @@ class _Session:
     device tensors and its three parts as `GraphedStep`s (CUDA graphs on the GPU, sharing
     one memory pool: they always run in capture order)."""
 
-    def __init__(self, gen: SpeculativeGenerator, L: int, sampling: tuple):
+    def __init__(self, gen: SpeculativeGenerator, B: int, L: int, sampling: tuple):
         m, dev = gen.target, gen.target.device
-        self.L, self.sampling = L, sampling
-        self.t_cache = m.new_cache(1, L)
-        self.d_cache = gen.eagle.new_cache(1, L) if gen.eagle is not None else m.new_cache(1, L)
+        self.B, self.L, self.sampling = B, L, sampling
+        self.t_cache = m.new_cache(B, L)
+        self.d_cache = gen.eagle.new_cache(B, L) if gen.eagle is not None else m.new_cache(B, L)
         M = gen.topk + (gen.depth - 1) * gen.topk * gen.topk
         self.num_nodes = min(gen.num_nodes, M + 1)
         self.path_len = min(gen.depth + 1, self.num_nodes)
-        self.cache_len = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.root = torch.zeros(1, dtype=torch.long, device=dev)
-        self.root_feature = torch.zeros(m.cfg.hidden_size, dtype=m.dtype, device=dev)
-        self.uniforms = torch.ones(1, self.num_nodes, dtype=torch.float32, device=dev)
-        self.emit = torch.zeros(1 + self.path_len, dtype=torch.long, device=dev)
+        self.cache_len = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.active = torch.ones(B, dtype=torch.bool, device=dev)  # False: finished, cache_len pinned
+        self.pinned_len = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.root = torch.zeros(B, dtype=torch.long, device=dev)
+        self.root_feature = torch.zeros(B, m.cfg.hidden_size, dtype=m.dtype, device=dev)
+        self.uniforms = torch.ones(B, self.num_nodes, dtype=torch.float32, device=dev)
+        self.emit = torch.zeros(B, 1 + self.path_len, dtype=torch.long, device=dev)
         # draft_bits[l]: the own-node bit of each of level l's topk beams (level 0: the root,
         # node 0, in row 0), packed as build_dynamic_tree packs masks: node i is bit i % 64 of
         # word i // 64 (int64, bit 63 the sign)
@@ -309,6 +359,7 @@ class _Session:
                 node = 0 if level == 0 else 1 + (level - 1) * gen.topk + r
                 own[level, r, node // 64] = torch.tensor(1, dtype=torch.int64) << (node % 64)
         self.draft_bits = own.to(dev)
+        self.root_mask = own[0, :1, :1].expand(B, 1, 1).contiguous().to(dev)  # the root sees itself
         self.node_ids = torch.arange(self.num_nodes, device=dev).unsqueeze(0)
         self.path_ids = torch.arange(self.path_len, device=dev)
         self.refeed_ids = torch.arange(gen.depth, device=dev).unsqueeze(0)
