@@ -52,9 +52,10 @@ def test_small_model_pass_runs_on_cpu():
     assert all(r["what"].startswith("Llama-3.2-1B shape float32") for r in rows), rows
     assert {r.get("impl") for r in rows} >= {"ar (ours, eager)", "eagle2", "frspec"}
     agreement = [r for r in rows if "identical" in r]
-    assert len(agreement) == 2 and all(r["identical"] == 4 for r in agreement), agreement
-    assert len([r for r in rows if "iteration_ms" in r and "projected_tok_s" not in r]) == 2
+    assert len(agreement) == 5 and all(r["identical"] == 4 for r in agreement), agreement  # 2 + batch: ar, 2 spec
+    assert len([r for r in rows if "iteration_ms" in r and "projected_tok_s" not in r]) == 4  # batch 1 and 4
     assert len([r for r in rows if "ratio" in r]) == 2
+    assert {r["batch"] for r in rows if r["op"] == "e2e_batch"} == {4}
 
 
 def test_kernel_kinds():

@@ -273,6 +273,23 @@ def test_frspec_generate_cli(tmp_path, capsys):
     assert lines[:-1] == texts["ar"] and "per step draft" in lines[-1] and "after 1 untimed warm-up run" in lines[-1]
     with pytest.raises(SystemExit, match="needs --vocab"):
         cli(["generate", "--model", str(ckpt), "--prompt", "x", "--mode", "frspec", "--device", "cpu"])
+    # a prompts file in batches of 2 (the last batch of 1): the texts of one prompt at a time
+    pf = tmp_path / "prompts.jsonl"
+    pf.write_text("\n".join(f'{{"prompt": "{t}"}}' for t in ("the cat sat", "a dog ran far", "on the mat")))
+    one = {}
+    for mode, bs in (("ar", 1), ("ar", 2), ("frspec", 2)):
+        args = ["generate", "--model", str(ckpt), "--prompts-file", str(pf), "--max-new-tokens", "9", "--mode", mode,
+                "--device", "cpu", "--draft-layers", "2", "--batch-size", str(bs), "--timing"]
+        if mode == "frspec":
+            args += ["--vocab", str(tmp_path / "v" / "freq_128.pt")]
+        assert cli(args) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[-1].startswith(f"[{mode}] 27 tokens"), out[-1]
+        one.setdefault("texts", out[:-1])
+        assert out[:-1] == one["texts"], (mode, bs)
+    with pytest.raises(SystemExit, match="--batch-size must be >= 1"):
+        cli(["generate", "--model", str(ckpt), "--prompts-file", str(pf), "--device", "cpu", "--batch-size", "0",
+             "--mode", "ar"])
 
 
 def test_default_model_frspec_equals_ar(tmp_path):

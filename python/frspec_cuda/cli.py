@@ -176,6 +176,7 @@ def cmd_generate(args) -> int:
 
     from .models import load_model
     from .spec import SpeculativeGenerator, generate_sample
+    from .spec.autoregressive import AutoregressiveDecoder
     from .models.llama import generate_greedy
     from .vocab import load_vocab
 
@@ -217,7 +218,8 @@ def cmd_generate(args) -> int:
         gen = SpeculativeGenerator(model, draft_layers=draft_layers, vocab=vocab, depth=args.depth,
                                    topk=args.topk, num_nodes=args.num_nodes, eagle=eagle)
     g = torch.Generator(device=dev).manual_seed(args.seed)
-    total_tokens, total_time, steps = 0, 0.0, 0
+    total_tokens, total_time, steps = 0, 0.0, 0  # steps: target forwards per sequence
+    step_calls = 0  # speculative steps run (a batch's step advances all its sequences)
     draft_s = verify_s = other_s = 0.0
 
     def encode(text: str) -> list[int]:
@@ -240,14 +242,48 @@ def cmd_generate(args) -> int:
         return gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, generator=g, on_tokens=on_tokens, timing=timing)
 
+    ar_batch: dict[int, AutoregressiveDecoder] = {}
+
+    def run_batch(batch: list[list[int]], timing: bool = False):
+        """Several prompts at once (`generate_batch`): the outputs, and per-sequence steps."""
+        if gen is None:
+            dec = ar_batch.get(len(batch))
+            if dec is None:  # one decoder (cache, graph) per batch size, sized for the longest prompt
+                dec = ar_batch[len(batch)] = AutoregressiveDecoder(
+                    model, longest + args.max_new_tokens + 2, args.temperature, args.top_k, args.top_p,
+                    batch=len(batch))
+            outs = dec.generate_batch(batch, args.max_new_tokens, generator=g)
+            return outs, None
+        return gen.generate_batch(batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, generator=g, timing=timing)
+
     prompts = list(_read_prompts(args))
-    # Warm-up (default on the GPU): the first prompt once, silently and untimed, so that the
-    # reported speed excludes the one-time CUDA-graph capture and cuBLAS / allocator warm-up.
+    bs = args.batch_size
+    if bs < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {bs}")
+    encoded = [encode(text) for text in prompts] if bs > 1 else None
+    longest = max((len(ids) for ids in encoded), default=0) if bs > 1 else 0
+    # Warm-up (default on the GPU): the first prompt (batch) once, silently and untimed, so that
+    # the reported speed excludes the one-time CUDA-graph capture and cuBLAS / allocator warm-up.
     warmup = args.warmup if args.warmup is not None else (1 if dev.startswith("cuda") else 0)
     for _ in range(warmup if prompts else 0):
-        run(encode(prompts[0]))
+        run(encode(prompts[0])) if bs == 1 else run_batch(encoded[:bs])
     g.manual_seed(args.seed)  # the timed runs sample as they would without the warm-up
-    for text in prompts:
+    if bs > 1:  # batches of prompts; each batch's texts printed when it is done
+        for i in range(0, len(encoded), bs):
+            t0 = time.perf_counter()
+            outs, stats = run_batch(encoded[i:i + bs], timing=args.timing)
+            total_time += time.perf_counter() - t0
+            if stats is None:
+                steps += sum(len(o) for o in outs)
+            else:
+                steps += stats.seq_steps
+                step_calls += stats.steps
+                draft_s, verify_s, other_s = draft_s + stats.draft_s, verify_s + stats.verify_s, other_s + stats.other_s
+            for out in outs:
+                total_tokens += len(out)
+                print(tok.decode(out, skip_special_tokens=True), flush=True)
+    for text in prompts if bs == 1 else []:
         ids = encode(text)
         stream = _TextStream(tok)
         t0 = time.perf_counter()
@@ -256,14 +292,16 @@ def cmd_generate(args) -> int:
             steps += len(out)
         else:
             steps += stats.steps
+            step_calls += stats.steps
             draft_s, verify_s, other_s = draft_s + stats.draft_s, verify_s + stats.verify_s, other_s + stats.other_s
         total_time += time.perf_counter() - t0
         total_tokens += len(out)
         stream.finish()
     split = ""
     if gen is not None and args.timing:
-        split = (f", per step draft {1e3 * draft_s / max(steps, 1):.1f} / verify {1e3 * verify_s / max(steps, 1):.1f}"
-                 f" / other {1e3 * other_s / max(steps, 1):.1f} ms")
+        n = max(step_calls, 1)
+        split = (f", per step draft {1e3 * draft_s / n:.1f} / verify {1e3 * verify_s / n:.1f}"
+                 f" / other {1e3 * other_s / n:.1f} ms")
     warm = f", after {warmup} untimed warm-up run{'s' if warmup > 1 else ''}" if warmup else ""
     print(f"[{args.mode}] {total_tokens} tokens in {total_time:.2f} s = {total_tokens / max(total_time, 1e-9):.1f} tok/s, "
           f"mean acceptance length {total_tokens / max(steps, 1):.2f} tokens per target forward ({dev}, {dtype}"
@@ -324,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     gp.add_argument("--top-k", type=int, default=0)
     gp.add_argument("--top-p", type=float, default=1.0)
     gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--batch-size", type=int, default=1, help="decode this many prompts at once (generate_batch; "
+                    "each batch's texts are printed when it finishes instead of streamed)")
     gp.add_argument("--timing", action="store_true",
                     help="report the draft / verify / other time per speculative step (synchronises the device)")
     gp.add_argument("--device", help="cuda or cpu (default: cuda if available)")

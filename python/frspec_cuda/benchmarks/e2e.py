@@ -172,8 +172,9 @@ def _small_model_rows(device, copy_gbs: float, config: dict = LLAMA32_1B, prompt
     ar_outs = [dec.generate(p, new, stop_ids=()) for p in prompts]
     del dec
     K = min(16384, cfg.vocab_size // 2)
-    return rows + _speculative_rows(model, shape, prompts[0], prompts, ar_outs, new, K, copy_gbs, device, None,
-                                    breakdown=False)
+    rows += _speculative_rows(model, shape, prompts[0], prompts, ar_outs, new, K, copy_gbs, device, None,
+                              breakdown=False)
+    return rows + _batch_rows(model, shape, prompts, ar_outs, new, K, tok_s, device, None)
 
 
 def _speculative_rows(model: LlamaModel, shape: str, prompt, prompts, ar_outs, new: int, K: int, copy_gbs: float,
@@ -234,8 +235,8 @@ def _batch_rows(model: LlamaModel, shape: str, prompts, ar_outs, new: int, K: in
                  what=what, batch=B, tok_s=round(B * per_seq, 1), per_sequence_tok_s=round(per_seq, 1),
                  vs_batch_1=round(B * per_seq / ar_tok_s, 2))]
     outs = dec.generate_batch(prompts, new, stop_ids=())
-    rows.append(dict(op="e2e_batch", impl="ar", what=f"{what}: sequences identical to batch-1 ar", batch=B,
-                     identical=sum(o == e for o, e in zip(outs, ar_outs)), of=B))
+    rows.append(dict(op="e2e_batch", impl="ar", what=f"{what}: greedy agreement of each sequence with batch-1 ar "
+                     f"({new} tokens)", batch=B, **_divergences(model, prompts, ar_outs, outs)))
     del dec
     head = random_eagle(model, seed=1)
     for mode, vocab in (("eagle2", None), ("frspec", FRVocab(torch.arange(K, dtype=torch.int32), f"first-{K}"))):
@@ -256,19 +257,24 @@ def _batch_rows(model: LlamaModel, shape: str, prompts, ar_outs, new: int, K: in
             row.update(projected_tok_s=round(B * paper_accept[mode] / itb * 1e3, 1),
                        projection=f"PROJECTION: {B} sequences at the paper's acceptance length {paper_accept[mode]}")
         rows.append(row)
-        same, gaps, ties = 0, [], 0
-        for p, expect, got in zip(prompts, ar_outs, outs):
-            d = divergence_gap(model, p, expect, got)
-            if d is None:
-                same += 1
-            else:
-                gaps.append(round(d[1], 4))
-                ties += d[1] < d[2]
         rows.append(dict(op="e2e_batch", impl=mode, what=f"{what}: greedy agreement of each sequence with batch-1 ar "
-                         f"({new} tokens)", batch=B, identical=same, diverged=B - same,
-                         divergences_at_near_ties=ties, top2_gaps=gaps))
+                         f"({new} tokens)", batch=B, **_divergences(model, prompts, ar_outs, outs)))
         del gen
     return rows
+
+
+def _divergences(model: LlamaModel, prompts, expected, got) -> dict:
+    """How many outputs equal the expected greedy outputs; where one parts, the target's
+    top-2 logit gap there and whether it is a near-tie (`divergence_gap`)."""
+    same, gaps, ties = 0, [], 0
+    for p, e, g in zip(prompts, expected, got):
+        d = divergence_gap(model, p, e, g)
+        if d is None:
+            same += 1
+            continue
+        gaps.append(round(d[1], 4))
+        ties += d[1] < d[2]
+    return dict(identical=same, diverged=len(prompts) - same, divergences_at_near_ties=ties, top2_gaps=gaps)
 
 
 # First match wins: the draft head's kernels before attention (its merge kernel is
@@ -313,15 +319,6 @@ def kernel_breakdown(fn, label: str) -> dict:
 def _agreement(model: LlamaModel, gen: SpeculativeGenerator, mode: str, prompts, ar_outs, new: int, device) -> dict:
     """Greedy speculative output vs our AR output per prompt: identical, or where they part,
     the AR logits' top-2 gap at that token and whether it is a near-tie (`divergence_gap`)."""
-    same, gaps, ties = 0, [], 0
-    for p, expect in zip(prompts, ar_outs):
-        got, _ = gen.generate(p, new, stop_ids=())
-        d = divergence_gap(model, p, expect, got)
-        if d is None:
-            same += 1
-            continue
-        _, gap, tie = d
-        gaps.append(round(gap, 4))
-        ties += gap < tie
+    outs = [gen.generate(p, new, stop_ids=())[0] for p in prompts]
     return dict(op="e2e", impl=mode, what=f"greedy agreement with ar over {len(prompts)} prompts x {new} tokens",
-                identical=same, diverged=len(prompts) - same, divergences_at_near_ties=ties, top2_gaps=gaps)
+                **_divergences(model, prompts, ar_outs, outs))
