@@ -174,3 +174,9 @@ def test_batch_on_gpu_bf16_diverges_only_at_near_ties(tmp_path, over):
         gap = divergence_gap(m, p, expect, got)
         assert gap is None or gap[1] <= gap[2], (p, gap)
     assert stats.accepted > 0
+    # a stop id ending sequence 2 early (pinned inside the captured commit step): the other
+    # rows compute exactly what they did without it
+    stop = outs[2][3]
+    cut = [o[:o.index(stop) + 1] if stop in o else o for o in outs]
+    assert gen.generate_batch(prompts, 32, stop_ids=(stop,))[0] == cut
+    assert not bool(gen._sess.active[2]) and int(gen._sess.cache_len[2]) <= len(prompts[2]) - 1 + 4
