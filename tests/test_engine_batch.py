@@ -68,7 +68,8 @@ def test_batch_sequences_stop_on_their_own_and_are_pinned(model):
     outs, stats = gen.generate_batch(BATCH, 24, stop_ids=(stop,), on_tokens=lambda b, t: streamed[b].extend(t))
     assert outs == expect and streamed == expect
     s = gen._sess
-    assert not bool(s.active[1]) and int(s.cache_len[1]) <= len(BATCH[1]) - 1 + 3
+    # its cache holds what it committed up to the step that emitted the stop (<= depth past it)
+    assert not bool(s.active[1]) and int(s.cache_len[1]) <= len(BATCH[1]) - 1 + len(expect[1]) + gen.depth
     assert stats.seq_steps < stats.steps * len(BATCH)  # finished sequences were not counted
 
 
@@ -179,4 +180,4 @@ def test_batch_on_gpu_bf16_diverges_only_at_near_ties(tmp_path, over):
     stop = outs[2][3]
     cut = [o[:o.index(stop) + 1] if stop in o else o for o in outs]
     assert gen.generate_batch(prompts, 32, stop_ids=(stop,))[0] == cut
-    assert not bool(gen._sess.active[2]) and int(gen._sess.cache_len[2]) <= len(prompts[2]) - 1 + 4
+    assert not bool(gen._sess.active[2]) and int(gen._sess.cache_len[2]) <= len(prompts[2]) - 1 + 4 + gen.depth
