@@ -188,22 +188,25 @@ def test_sample_from_probs_draws_the_distribution():
     assert float(((shifted[nz] - expect) ** 2 / expect).sum()) > 50.8
 
 
-def test_spec_sampling_matches_the_target_distribution(tmp_path):
-    """3000 speculative samples of two tokens from a tiny model: the first token follows the
-    target's processed distribution p1 and the second, given the most common first token,
-    p2 (chi-square at p-value 1e-6); the same statistic rejects samples from a sharper
-    distribution, so the test has power."""
+SAMPLING = dict(temperature=0.9, top_k=12, top_p=0.97)  # the sampling tests' settings
+SAMPLING_PROMPT = [3, 1, 4, 1, 5]
+
+
+def sampling_model(path):
+    """A 16-token model for the sampling tests (few tokens: chi-square over the vocabulary)."""
+    write_checkpoint(path, "llama", vocab_size=16, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    return load_model(path)
+
+
+def assert_two_token_draws_follow_the_target(model, draws: list[list[int]]) -> None:
+    """Two-token samples of SAMPLING_PROMPT: the first token follows the target's processed
+    distribution p1 and the second, given the most common first token, p2 (chi-square at
+    p-value 1e-6); the same statistic rejects as many draws from a sharper distribution,
+    so the check has power."""
     from test_tree import chi2_threshold
 
-    write_checkpoint(tmp_path, "llama", vocab_size=16, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-    model = load_model(tmp_path)
-    T, top_k, top_p = 0.9, 12, 0.97
-    gen = SpeculativeGenerator(model, draft_layers=1, depth=3, topk=3, num_nodes=8)
-    prompt = [3, 1, 4, 1, 5]
-    g = torch.Generator().manual_seed(0)
-    draws = [gen.generate(prompt, 2, stop_ids=(), temperature=T, top_k=top_k, top_p=top_p, generator=g)[0]
-             for _ in range(3000)]
+    T, top_k, top_p = SAMPLING["temperature"], SAMPLING["top_k"], SAMPLING["top_p"]
 
     def exact(ctx):
         cache = model.new_cache(1, len(ctx) + 1)
@@ -216,19 +219,29 @@ def test_spec_sampling_matches_the_target_distribution(tmp_path):
         e = p[keep].double() * counts.sum()
         return float(((counts[keep].double() - e) ** 2 / e).sum()), int(keep.sum()) - 1
 
-    l1 = exact(prompt)
+    l1 = exact(SAMPLING_PROMPT)
     p1 = spec.target_probs(l1, T, top_k, top_p)
     c1 = torch.bincount(torch.tensor([d[0] for d in draws]), minlength=16)
     stat, df = chi2(c1, p1)
     assert stat < chi2_threshold(df), f"first token chi2 {stat:.1f} (df {df})"
     first = int(c1.argmax())
-    p2 = spec.target_probs(exact(prompt + [first]), T, top_k, top_p)
+    p2 = spec.target_probs(exact(SAMPLING_PROMPT + [first]), T, top_k, top_p)
     c2 = torch.bincount(torch.tensor([d[1] for d in draws if d[0] == first]), minlength=16)
     stat2, df2 = chi2(c2, p2)
     assert stat2 < chi2_threshold(df2), f"second token chi2 {stat2:.1f} (df {df2})"
     sharper = spec.target_probs(l1, T / 2, top_k, top_p)
-    wrong = torch.multinomial(sharper, 3000, replacement=True, generator=torch.Generator().manual_seed(1))
+    wrong = torch.multinomial(sharper, len(draws), replacement=True, generator=torch.Generator().manual_seed(1))
     assert chi2(torch.bincount(wrong, minlength=16), p1)[0] > chi2_threshold(df)
+
+
+def test_spec_sampling_matches_the_target_distribution(tmp_path):
+    """3000 speculative samples of two tokens from a tiny model follow the target's
+    processed distribution (`assert_two_token_draws_follow_the_target`)."""
+    model = sampling_model(tmp_path)
+    gen = SpeculativeGenerator(model, draft_layers=1, depth=3, topk=3, num_nodes=8)
+    g = torch.Generator().manual_seed(0)
+    draws = [gen.generate(SAMPLING_PROMPT, 2, stop_ids=(), generator=g, **SAMPLING)[0] for _ in range(3000)]
+    assert_two_token_draws_follow_the_target(model, draws)
 
 
 def test_frspec_generate_cli(tmp_path, capsys):

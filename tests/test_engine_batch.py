@@ -10,13 +10,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from frspec_cuda import spec  # noqa: E402
 from frspec_cuda.models import generate_greedy, load_model  # noqa: E402
 from frspec_cuda.models.eagle import load_eagle, random_eagle  # noqa: E402
 from frspec_cuda.spec import SpeculativeGenerator  # noqa: E402
 from frspec_cuda.spec.autoregressive import AutoregressiveDecoder, divergence_gap  # noqa: E402
 from frspec_cuda.vocab import FRVocab  # noqa: E402
 from test_eagle import write_copying_eagle  # noqa: E402
+from test_engine import SAMPLING, SAMPLING_PROMPT, assert_two_token_draws_follow_the_target, sampling_model  # noqa: E402
 from test_models import PROMPTS, write_checkpoint  # noqa: E402
 
 BATCH = [PROMPTS[i] for i in (0, 5, 8, 13, 17)]  # 3, 8, 11, 9, 7 tokens
@@ -80,48 +80,15 @@ def test_batch_of_one_is_generate(model):
 
 
 def test_batch_sampling_matches_the_target_distribution(tmp_path):
-    """3000 sequences of one prompt sampled as batches of 600: each sequence's first token
-    follows the target's processed distribution and its second, given the most common
-    first token, the conditional one (chi-square at p-value 1e-6); a sharper distribution's
-    draws fail the same statistic (the test has power)."""
-    from test_tree import chi2_threshold
-
-    write_checkpoint(tmp_path, "llama", vocab_size=16, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-    m = load_model(tmp_path)
-    T, top_k, top_p = 0.9, 12, 0.97
+    """3000 sequences of one prompt sampled as batches of 600 follow the target's processed
+    distribution, first and second token (`assert_two_token_draws_follow_the_target`)."""
+    m = sampling_model(tmp_path)
     gen = SpeculativeGenerator(m, draft_layers=1, depth=3, topk=3, num_nodes=8)
-    prompt = [3, 1, 4, 1, 5]
     g = torch.Generator().manual_seed(0)
     draws = []
     for _ in range(5):
-        outs, _ = gen.generate_batch([prompt] * 600, 2, stop_ids=(), temperature=T, top_k=top_k, top_p=top_p,
-                                     generator=g)
-        draws += outs
-
-    def exact(ctx):
-        cache = m.new_cache(1, len(ctx) + 1)
-        return m.logits(m.forward(torch.tensor([ctx]), cache, torch.zeros(1, dtype=torch.int32))[:, -1])[0]
-
-    def chi2(counts, p):
-        keep = p > 0
-        assert counts[~keep].sum() == 0, "a token outside top-k / top-p was emitted"
-        e = p[keep].double() * counts.sum()
-        return float(((counts[keep].double() - e) ** 2 / e).sum()), int(keep.sum()) - 1
-
-    l1 = exact(prompt)
-    p1 = spec.target_probs(l1, T, top_k, top_p)
-    c1 = torch.bincount(torch.tensor([d[0] for d in draws]), minlength=16)
-    stat, df = chi2(c1, p1)
-    assert stat < chi2_threshold(df), f"first token chi2 {stat:.1f} (df {df})"
-    first = int(c1.argmax())
-    p2 = spec.target_probs(exact(prompt + [first]), T, top_k, top_p)
-    c2 = torch.bincount(torch.tensor([d[1] for d in draws if d[0] == first]), minlength=16)
-    stat2, df2 = chi2(c2, p2)
-    assert stat2 < chi2_threshold(df2), f"second token chi2 {stat2:.1f} (df {df2})"
-    sharper = spec.target_probs(l1, T / 2, top_k, top_p)
-    wrong = torch.multinomial(sharper, 3000, replacement=True, generator=torch.Generator().manual_seed(1))
-    assert chi2(torch.bincount(wrong, minlength=16), p1)[0] > chi2_threshold(df)
+        draws += gen.generate_batch([SAMPLING_PROMPT] * 600, 2, stop_ids=(), generator=g, **SAMPLING)[0]
+    assert_two_token_draws_follow_the_target(m, draws)
     # rows are independent draws: not all 600 rows of a batch repeat one sequence
     assert len({tuple(d) for d in draws[:600]}) > 10
 

@@ -192,17 +192,15 @@ def _speculative_rows(model: LlamaModel, shape: str, prompt, prompts, ar_outs, n
         gen = SpeculativeGenerator(model, vocab=vocab, eagle=head, depth=6, topk=10, num_nodes=60)
         gen.generate(prompt, new, stop_ids=())  # warm-up at full length (session sized, graphs captured)
         out, st = gen.generate(prompt, new, stop_ids=(), timing=True)
-        it = max(st.steps, 1)
         rows_k = cfg.vocab_size if vocab is None else K
         it_bytes = wbytes + 6 * (head_layer_bytes + rows_k * cfg.hidden_size * model.lm_head.element_size())
         it_floor_ms = it_bytes / (copy_gbs * 1e9) * 1e3
-        total_ms = 1e3 * (st.draft_s + st.verify_s + st.other_s) / it
-        draft_ms[mode], iter_ms[mode] = 1e3 * st.draft_s / it, total_ms
+        ms = _phase_ms(st)
+        total_ms = ms["iteration_ms"]
+        draft_ms[mode], iter_ms[mode] = ms["draft_ms"], total_ms
         row = dict(op="e2e", impl=mode, what=f"{shape}, random EAGLE head, depth 6 / top-k 10 / 60 nodes, "
                    f"LM head rows {rows_k}, CUDA graphs {'on' if gen._sess.verify.enabled else 'off'}",
-                   iteration_ms=round(total_ms, 2),
-                   draft_ms=round(draft_ms[mode], 2), verify_ms=round(1e3 * st.verify_s / it, 2),
-                   other_ms=round(1e3 * st.other_s / it, 2), floor_ms=round(it_floor_ms, 3),
+                   **{k: round(v, 2) for k, v in ms.items()}, floor_ms=round(it_floor_ms, 3),
                    x_floor=round(total_ms / it_floor_ms, 2), accept_len=round(st.mean_accept_length, 2))
         if paper_accept:
             row.update(projected_tok_s=round(paper_accept[mode] / total_ms * 1e3, 1),
@@ -245,14 +243,13 @@ def _batch_rows(model: LlamaModel, shape: str, prompts, ar_outs, new: int, K: in
         _, st1 = gen.generate(prompts[0], new, stop_ids=(), timing=True)
         gen.generate_batch(prompts, new, stop_ids=())  # batch B: warm-up (session, graphs), then timed
         outs, st = gen.generate_batch(prompts, new, stop_ids=(), timing=True)
-        it1 = 1e3 * (st1.draft_s + st1.verify_s + st1.other_s) / max(st1.steps, 1)
-        seconds = st.draft_s + st.verify_s + st.other_s
-        itb = 1e3 * seconds / max(st.steps, 1)
+        it1, ms = _phase_ms(st1)["iteration_ms"], _phase_ms(st)
+        itb = ms["iteration_ms"]
         row = dict(op="e2e_batch", impl=mode, what=f"{what}, random EAGLE head, depth 6 / top-k 10 / 60 nodes", batch=B,
-                   iteration_ms=round(itb, 2), draft_ms=round(1e3 * st.draft_s / max(st.steps, 1), 2),
-                   verify_ms=round(1e3 * st.verify_s / max(st.steps, 1), 2), batch_1_iteration_ms=round(it1, 2),
-                   iteration_vs_batch_1=round(itb / it1, 2), accept_len=round(st.mean_accept_length, 2),
-                   tok_s=round(st.emitted / seconds, 1))
+                   iteration_ms=round(itb, 2), draft_ms=round(ms["draft_ms"], 2), verify_ms=round(ms["verify_ms"], 2),
+                   batch_1_iteration_ms=round(it1, 2), iteration_vs_batch_1=round(itb / it1, 2),
+                   accept_len=round(st.mean_accept_length, 2),
+                   tok_s=round(st.emitted / (st.draft_s + st.verify_s + st.other_s), 1))
         if paper_accept:
             row.update(projected_tok_s=round(B * paper_accept[mode] / itb * 1e3, 1),
                        projection=f"PROJECTION: {B} sequences at the paper's acceptance length {paper_accept[mode]}")
@@ -261,6 +258,14 @@ def _batch_rows(model: LlamaModel, shape: str, prompts, ar_outs, new: int, K: in
                          f"({new} tokens)", batch=B, **_divergences(model, prompts, ar_outs, outs)))
         del gen
     return rows
+
+
+def _phase_ms(st) -> dict:
+    """Milliseconds per speculative step (timing=True stats): the whole iteration and its
+    draft / verify / other phases."""
+    n = max(st.steps, 1)
+    return dict(iteration_ms=1e3 * (st.draft_s + st.verify_s + st.other_s) / n, draft_ms=1e3 * st.draft_s / n,
+                verify_ms=1e3 * st.verify_s / n, other_ms=1e3 * st.other_s / n)
 
 
 def _divergences(model: LlamaModel, prompts, expected, got) -> dict:

@@ -40,18 +40,19 @@ class AutoregressiveDecoder:
     def fits(self, max_len: int, sampling: tuple) -> bool:
         return max_len <= self.max_len and sampling == self.sampling
 
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """The next token from logits [rows, V]: argmax, or sampled with one uniform per row."""
         temperature, top_k, top_p = self.sampling
         if temperature <= 0:
             return logits.argmax(-1)
-        return sample_from_probs(target_probs(logits, temperature, top_k, top_p), self.uniform)
+        return sample_from_probs(target_probs(logits, temperature, top_k, top_p), uniform)
 
     def _decode_step(self) -> None:
         m = self.model
         slots = self.cache_len.to(torch.long).view(self.batch, 1)
         hidden = m.forward(self.token, self.cache, self.cache_len, slots=slots, positions=slots,
                            tree_mask=self.one_node)
-        self.token.copy_(self._choose(m.logits(hidden[:, -1])).view(self.batch, 1))
+        self.token.copy_(self._choose(m.logits(hidden[:, -1]), self.uniform).view(self.batch, 1))
         self.cache_len += 1
 
     @torch.no_grad()
@@ -90,7 +91,7 @@ class AutoregressiveDecoder:
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
         for b, p in enumerate(prompts):  # each prompt at its own length into its batch row
             hidden = m.forward(torch.tensor([p], device=dev), self.cache[:, :, b:b + 1], zero)
-            self.token[b].copy_(self._choose_row(m.logits(hidden[:, -1]), b))
+            self.token[b].copy_(self._choose(m.logits(hidden[:, -1]), self.uniform[b:b + 1]))
         self.cache_len.copy_(torch.tensor([len(p) for p in prompts], dtype=torch.int32))
         outs: list[list[int]] = [[] for _ in range(B)]
         running = set(range(B))
@@ -106,13 +107,6 @@ class AutoregressiveDecoder:
                 return outs
             draw()
             self.step()
-
-    def _choose_row(self, logits: torch.Tensor, b: int) -> torch.Tensor:
-        """_choose for one sequence's logits [1, V] with its uniform (the prefill's token)."""
-        temperature, top_k, top_p = self.sampling
-        if temperature <= 0:
-            return logits.argmax(-1)
-        return sample_from_probs(target_probs(logits, temperature, top_k, top_p), self.uniform[b:b + 1])
 
 
 def decoder_for(model: LlamaModel, max_len: int, temperature: float = 0.0, top_k: int = 0,
